@@ -1,0 +1,139 @@
+//! The request fingerprint: what makes a repeat "the same request".
+//!
+//! SHA-256 over the method, the path and query, the chosen headers (by default `Content-Type`, so
+//! the same bytes sent as another media type differ) and the body. With `canonical_json`, a body
+//! that parses as JSON is hashed in canonical form (sorted object keys, no insignificant
+//! whitespace), so clients that re-serialise a payload between retries still match. This module
+//! is the one place that defines what a fingerprint covers.
+
+use http::{HeaderMap, HeaderName, Method, Uri};
+use sha2::{Digest, Sha256};
+
+/// A request's fingerprint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Fingerprint(pub [u8; 32]);
+
+/// What the fingerprint covers beyond method, path, query and body.
+#[derive(Clone, Debug)]
+pub struct FingerprintOptions {
+    /// Request headers whose values are part of the fingerprint (all values, in order).
+    pub headers: Vec<HeaderName>,
+    /// Hash JSON bodies in canonical form.
+    pub canonical_json: bool,
+}
+
+impl Default for FingerprintOptions {
+    fn default() -> Self {
+        Self {
+            headers: vec![http::header::CONTENT_TYPE],
+            canonical_json: false,
+        }
+    }
+}
+
+impl FingerprintOptions {
+    /// The fingerprint of a request.
+    pub fn fingerprint(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Fingerprint {
+        let mut h = Sha256::new();
+        field(&mut h, b'm', method.as_str().as_bytes());
+        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        field(&mut h, b'u', pq.as_bytes());
+        for name in &self.headers {
+            for value in headers.get_all(name) {
+                field(&mut h, b'h', name.as_str().as_bytes());
+                field(&mut h, b'v', value.as_bytes());
+            }
+        }
+        match self.canonical_json.then(|| canonical_json(body)).flatten() {
+            Some(canonical) => field(&mut h, b'j', &canonical),
+            None => field(&mut h, b'b', body),
+        }
+        Fingerprint(h.finalize().into())
+    }
+}
+
+/// Length-prefixed, tagged fields: no two different requests hash the same byte stream.
+fn field(h: &mut Sha256, tag: u8, bytes: &[u8]) {
+    h.update([tag]);
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// `Some(canonical bytes)` when `body` is JSON. serde_json's default map is ordered by key.
+fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    serde_json::to_vec(&value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fp(opts: &FingerprintOptions, method: &str, uri: &str, ct: Option<&str>, body: &[u8]) -> Fingerprint {
+        let mut headers = HeaderMap::new();
+        if let Some(ct) = ct {
+            headers.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        opts.fingerprint(&method.parse().unwrap(), &uri.parse().unwrap(), &headers, body)
+    }
+
+    #[test]
+    fn covers_method_path_query_media_type_and_body() {
+        let o = FingerprintOptions::default();
+        let base = fp(&o, "POST", "/pay?x=1", Some("application/json"), b"{}");
+        assert_eq!(base, fp(&o, "POST", "/pay?x=1", Some("application/json"), b"{}"));
+        assert_ne!(base, fp(&o, "PATCH", "/pay?x=1", Some("application/json"), b"{}"));
+        assert_ne!(base, fp(&o, "POST", "/pay?x=2", Some("application/json"), b"{}"));
+        assert_ne!(base, fp(&o, "POST", "/pay", Some("application/json"), b"{}"));
+        assert_ne!(base, fp(&o, "POST", "/pay?x=1", Some("text/plain"), b"{}"));
+        assert_ne!(base, fp(&o, "POST", "/pay?x=1", None, b"{}"));
+        assert_ne!(base, fp(&o, "POST", "/pay?x=1", Some("application/json"), b"{ }"));
+    }
+
+    #[test]
+    fn canonical_json_ignores_key_order_and_whitespace_only() {
+        let o = FingerprintOptions {
+            canonical_json: true,
+            ..Default::default()
+        };
+        let a = fp(&o, "POST", "/p", None, br#"{"a":1,"b":[1,2]}"#);
+        assert_eq!(a, fp(&o, "POST", "/p", None, b"{ \"b\" : [1, 2],\n \"a\": 1 }"));
+        assert_ne!(a, fp(&o, "POST", "/p", None, br#"{"a":1,"b":[2,1]}"#));
+        assert_ne!(a, fp(&o, "POST", "/p", None, br#"{"a":2,"b":[1,2]}"#));
+        // Not JSON: hashed as raw bytes, still deterministic.
+        assert_eq!(
+            fp(&o, "POST", "/p", None, b"not json"),
+            fp(&o, "POST", "/p", None, b"not json")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn different_bodies_differ(a in proptest::collection::vec(any::<u8>(), 0..64), b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let o = FingerprintOptions::default();
+            prop_assert_eq!(a == b, fp(&o, "POST", "/p", None, &a) == fp(&o, "POST", "/p", None, &b));
+        }
+
+        #[test]
+        fn canonical_json_is_order_insensitive(entries in proptest::collection::btree_map("[a-z]{1,6}", any::<i32>(), 0..8)) {
+            let o = FingerprintOptions { canonical_json: true, ..Default::default() };
+            let forward: Vec<String> = entries.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+            let backward: Vec<String> = forward.iter().rev().cloned().collect();
+            let a = format!("{{{}}}", forward.join(","));
+            let b = format!("{{ {} }}", backward.join(" ,\n"));
+            prop_assert_eq!(fp(&o, "POST", "/p", None, a.as_bytes()), fp(&o, "POST", "/p", None, b.as_bytes()));
+        }
+
+        #[test]
+        fn path_and_body_boundaries_are_unambiguous(path in "/[a-z]{0,5}", body in "[a-z]{0,5}") {
+            // Moving bytes between the query and the body must change the fingerprint.
+            let o = FingerprintOptions::default();
+            let moved = format!("{path}x");
+            let shorter = body.get(1..).unwrap_or("").to_string();
+            if !body.is_empty() {
+                prop_assert_ne!(fp(&o, "POST", &path, None, body.as_bytes()), fp(&o, "POST", &moved, None, shorter.as_bytes()));
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! A stored HTTP response: status, headers and body in one contiguous buffer.
+//!
+//! The response is encoded once, when it is recorded; memory, embedded, Redis and PostgreSQL
+//! stores all keep exactly these bytes, and a replay decodes headers as zero-copy slices of the
+//! same buffer. One allocation per record, sized exactly, so a stored record never pins a larger
+//! network read buffer.
+//!
+//! Layout (little endian): `status u16`, `count u16`, then `count` × (`name_len u16`, name,
+//! `value_len u32`, value), then the body to the end.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// A stored response could not be decoded: the stored bytes are damaged or from another format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored response is corrupt: {0}")]
+pub struct CorruptResponse(pub &'static str);
+
+/// A recorded response.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    data: Bytes,
+    body_off: usize,
+}
+
+impl std::fmt::Debug for StoredResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredResponse")
+            .field("status", &self.status())
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+/// Builds a [`StoredResponse`]: headers first, then the body in as many pieces as it arrives.
+#[derive(Debug)]
+pub struct ResponseBuilder {
+    buf: BytesMut,
+    body_off: usize,
+}
+
+impl ResponseBuilder {
+    /// Appends a piece of the body.
+    pub fn extend_body(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Body bytes so far.
+    pub fn body_len(&self) -> usize {
+        self.buf.len() - self.body_off
+    }
+
+    /// The finished response.
+    pub fn finish(self) -> StoredResponse {
+        StoredResponse {
+            data: self.buf.freeze(),
+            body_off: self.body_off,
+        }
+    }
+}
+
+impl StoredResponse {
+    /// Starts a response with the headers that `keep` accepts; `body_hint` is the expected body
+    /// length (exact when known).
+    pub fn builder(
+        status: StatusCode,
+        headers: &HeaderMap,
+        keep: impl Fn(&HeaderName) -> bool,
+        body_hint: usize,
+    ) -> ResponseBuilder {
+        let kept = || headers.iter().filter(|(n, _)| keep(n));
+        let head_len: usize = kept().map(|(n, v)| 6 + n.as_str().len() + v.len()).sum::<usize>() + 4;
+        let mut buf = BytesMut::with_capacity(head_len + body_hint);
+        buf.put_u16_le(status.as_u16());
+        buf.put_u16_le(0);
+        let mut count: u16 = 0;
+        for (name, value) in kept() {
+            if count == u16::MAX {
+                break;
+            }
+            buf.put_u16_le(name.as_str().len() as u16);
+            buf.put_slice(name.as_str().as_bytes());
+            buf.put_u32_le(value.len() as u32);
+            buf.put_slice(value.as_bytes());
+            count += 1;
+        }
+        buf[2..4].copy_from_slice(&count.to_le_bytes());
+        let body_off = buf.len();
+        ResponseBuilder { buf, body_off }
+    }
+
+    /// A response from its parts (tests, small bodies).
+    pub fn new(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+        let mut b = Self::builder(status, headers, |_| true, body.len());
+        b.extend_body(body);
+        b.finish()
+    }
+
+    /// Decodes stored bytes, checking their structure.
+    pub fn from_bytes(data: Bytes) -> Result<Self, CorruptResponse> {
+        let mut at = 4usize;
+        let count = u16::from_le_bytes(get2(&data, 2)?);
+        StatusCode::from_u16(u16::from_le_bytes(get2(&data, 0)?)).map_err(|_| CorruptResponse("status"))?;
+        for _ in 0..count {
+            let n = u16::from_le_bytes(get2(&data, at)?) as usize;
+            at += 2 + n;
+            let v = u32::from_le_bytes(get4(&data, at)?) as usize;
+            at += 4 + v;
+            if at > data.len() {
+                return Err(CorruptResponse("header overruns the buffer"));
+            }
+        }
+        Ok(Self { data, body_off: at })
+    }
+
+    /// The encoded bytes, as stores keep them.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(u16::from_le_bytes([self.data[0], self.data[1]]))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The body: a zero-copy slice of the stored buffer.
+    pub fn body(&self) -> Bytes {
+        self.data.slice(self.body_off..)
+    }
+
+    /// The headers, values sharing the stored buffer.
+    pub fn headers(&self) -> Result<HeaderMap, CorruptResponse> {
+        let count = u16::from_le_bytes([self.data[2], self.data[3]]) as usize;
+        let mut map = HeaderMap::with_capacity(count);
+        let mut at = 4;
+        for _ in 0..count {
+            let n = u16::from_le_bytes(get2(&self.data, at)?) as usize;
+            let name =
+                HeaderName::from_bytes(&self.data[at + 2..at + 2 + n]).map_err(|_| CorruptResponse("header name"))?;
+            at += 2 + n;
+            let v = u32::from_le_bytes(get4(&self.data, at)?) as usize;
+            let value = HeaderValue::from_maybe_shared(self.data.slice(at + 4..at + 4 + v))
+                .map_err(|_| CorruptResponse("header value"))?;
+            at += 4 + v;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+}
+
+fn get2(d: &[u8], at: usize) -> Result<[u8; 2], CorruptResponse> {
+    d.get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(CorruptResponse("truncated"))
+}
+
+fn get4(d: &[u8], at: usize) -> Result<[u8; 4], CorruptResponse> {
+    d.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(CorruptResponse("truncated"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trips_byte_exact(
+            status in 100u16..600,
+            headers in proptest::collection::vec(("[a-z][a-z0-9-]{0,20}", "[ -~]{0,40}"), 0..12),
+            body in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            let mut map = HeaderMap::new();
+            for (n, v) in &headers {
+                map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v.trim()).unwrap());
+            }
+            let status = StatusCode::from_u16(status).unwrap();
+            let stored = StoredResponse::new(status, &map, &body);
+            let decoded = StoredResponse::from_bytes(stored.as_bytes().clone()).unwrap();
+            prop_assert_eq!(decoded.status(), status);
+            prop_assert_eq!(decoded.headers().unwrap(), map);
+            prop_assert_eq!(&decoded.body()[..], &body[..]);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(r) = StoredResponse::from_bytes(Bytes::from(data)) {
+                let _ = r.headers();
+                let _ = r.body();
+                let _ = r.status();
+            }
+        }
+    }
+}

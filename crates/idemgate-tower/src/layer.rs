@@ -1,0 +1,72 @@
+//! [`IdempotencyLayer`]: the tower `Layer` that wraps a service in [`Idempotency`].
+
+use std::sync::Arc;
+
+use idemgate_core::{IdempotencyKey, RecordId, ScopeHasher, Store};
+use tower_layer::Layer;
+
+use crate::config::{IdempotencyConfig, Policies};
+use crate::metrics::Metrics;
+use crate::service::Idempotency;
+use crate::waiters::Waiters;
+
+/// Everything the service shares across requests.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: IdempotencyConfig,
+    pub(crate) policies: Policies,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hasher: ScopeHasher,
+    pub(crate) metrics: Metrics,
+    pub(crate) waiters: Waiters,
+}
+
+/// Wraps a service so that keyed requests execute once and repeats are replayed.
+#[derive(Clone, Debug)]
+pub struct IdempotencyLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl IdempotencyLayer {
+    /// A layer over `store`, deriving record ids with `hasher`.
+    pub fn new(store: Arc<dyn Store>, hasher: ScopeHasher, config: IdempotencyConfig) -> Self {
+        let policies = Policies::resolve(&config);
+        let waiters = Waiters::new(config.max_waiters_per_key);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                policies,
+                store,
+                hasher,
+                metrics: Metrics::new(),
+                waiters,
+            }),
+        }
+    }
+
+    /// The store the layer records into.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// The record id of `key` for the caller whose scope value is `scope` (admin look-ups).
+    pub fn record_id(&self, scope: &[u8], key: &IdempotencyKey) -> RecordId {
+        self.shared.hasher.record_id(scope, key)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IdempotencyConfig {
+        &self.shared.config
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}

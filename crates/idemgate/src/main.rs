@@ -1,0 +1,198 @@
+//! `idemgate`: an idempotency-key gateway in front of any HTTP API.
+//!
+//! `idemgate serve` runs the reverse proxy; `idemgate demo` runs it in front of a built-in demo
+//! payments API. The idempotency rules live in `idemgate-tower`; this binary wires a proxy
+//! service, a store, the admin listener and signals around them.
+
+// A binary: `pub` marks what modules share with each other, not a public API.
+#![allow(unreachable_pub)]
+
+mod admin;
+mod demo;
+mod proxy;
+mod server;
+mod settings;
+mod stores;
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use idemgate_tower::IdempotencyLayer;
+use tokio::net::TcpListener;
+use tower::Layer;
+
+use crate::settings::{ServeArgs, Settings};
+
+const AFTER_HELP: &str = "\
+Every flag can also be set with an IDEMGATE_* environment variable (--lock-timeout is
+IDEMGATE_LOCK_TIMEOUT) or in the --config TOML file (lock_timeout = \"60s\"), which can also hold
+per-route policies:
+
+    [[route]]
+    prefix = \"/payments\"          # longest matching prefix wins
+    methods = [\"POST\"]
+    ttl = \"1h\"
+    require_key = true
+    release_statuses = [429, 500, 502, 503]
+    wait_in_flight = \"5s\"
+    fingerprint = { headers = [\"content-type\"], canonical_json = true }
+
+Precedence: flags, then environment, then the file, then defaults.
+Durations: 500ms, 2s, 24h. Sizes: 4096, 512KiB, 10MiB.
+Stores: memory | memory?capacity=N | DIR (embedded durable store, default ./idemgate-data).
+Logs: IDEMGATE_LOG sets the filter (default info; one line per request at info).
+See README.md and docs/DESIGN.md for the semantics.";
+
+#[derive(Parser, Debug)]
+#[command(name = "idemgate", version, about = "An idempotency-key gateway: executes each keyed request once and replays its response", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway in front of --upstream.
+    #[command(after_help = AFTER_HELP)]
+    Serve(ServeArgs),
+    /// Run the gateway on the embedded store in front of a built-in demo payments API.
+    Demo(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let settings = Settings::resolve(args)?;
+                run(settings, None).await
+            }
+            Command::Demo(mut args) => {
+                let upstream = demo::start().await?;
+                args.upstream = Some(format!("http://{upstream}"));
+                let settings = Settings::resolve(args)?;
+                run(settings, Some(demo::banner)).await
+            }
+        }
+    })
+}
+
+async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> anyhow::Result<()> {
+    let _log_guard = telemetry::init_logs(settings.log_json);
+    let prometheus = telemetry::init_metrics().ok();
+    if settings.layer.lock_timeout < settings.upstream_timeout {
+        tracing::warn!(
+            lock_timeout = ?settings.layer.lock_timeout,
+            upstream_timeout = ?settings.upstream_timeout,
+            "--lock-timeout is shorter than --upstream-timeout: a slow request's key can be taken over while it still runs"
+        );
+    }
+    let (store, hasher) = stores::open(&settings.store, settings.scope_secret.as_deref())
+        .with_context(|| format!("cannot open store {:?}", settings.store))?;
+    let proxy = proxy::Proxy::new(&settings.upstream, settings.upstream_timeout)?;
+    let layer = IdempotencyLayer::new(store.clone(), hasher, settings.layer.clone());
+    let svc = layer.layer(proxy);
+
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let admin_task = match settings.admin_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (admin)"))?;
+            println!("admin listening on http://{}", l.local_addr()?);
+            let admin = Arc::new(admin::Admin {
+                layer: layer.clone(),
+                token: settings.admin_token.clone(),
+                prometheus: prometheus.clone(),
+            });
+            Some(tokio::spawn(admin::serve(l, admin)))
+        }
+        None => None,
+    };
+    let housekeeping = tokio::spawn(housekeeping(store.clone(), settings.purge_interval, prometheus));
+    println!(
+        "idemgate listening on http://{addr} -> {} (store: {} {})",
+        settings.upstream,
+        store.kind(),
+        settings.store
+    );
+    tracing::info!(%addr, upstream = %settings.upstream, store = store.kind(), "idemgate started");
+    if let Some(banner) = banner {
+        banner(addr);
+    }
+    server::serve(listener, svc, shutdown_signal(), settings.shutdown_timeout).await;
+    housekeeping.abort();
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    store.flush().await.context("flushing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Purges expired records in small batches and refreshes gauges.
+async fn housekeeping(
+    store: Arc<dyn idemgate_core::Store>,
+    every: Duration,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) {
+    const BATCH: usize = 1000;
+    let records = metrics::gauge!("idemgate_records");
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        let mut purged = 0;
+        loop {
+            match store.purge_expired(idemgate_core::time::now_ms(), BATCH).await {
+                Ok(n) => {
+                    purged += n;
+                    if n < BATCH {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired records failed");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::debug!(purged, "expired records purged");
+        }
+        if let Some(n) = store.len_hint() {
+            records.set(n as f64);
+        }
+        if let Some(p) = &prometheus {
+            p.run_upkeep();
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,92 @@
+//! `--store SPEC` → a store, and the scope secret that goes with it.
+//!
+//! - `memory` or `memory?capacity=N`: in-process, gone on restart; a random secret unless one is
+//!   configured.
+//! - anything without `://`: a directory for the embedded durable store. Unless a secret is
+//!   configured, one is generated on first start and kept in `DIR/scope-secret` (mode 0600), so a
+//!   restart keeps replaying.
+//! - `redis://`, `rediss://`, `postgres://`, `postgresql://`: shared stores (not in this build).
+//! - any other scheme: a start-up error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use idemgate_core::{MemoryStore, ScopeHasher, Store};
+use idemgate_store_redb::RedbStore;
+
+/// The store spec could not be turned into a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSpecError {
+    #[error("unknown store {0:?}: use `memory`, a directory path, redis://… or postgres://…")]
+    UnknownScheme(String),
+    #[error("the {0} store is not available in this build yet")]
+    NotYet(&'static str),
+    #[error("invalid memory store option {0:?} (use memory?capacity=N)")]
+    MemoryOption(String),
+    #[error(transparent)]
+    Embedded(#[from] idemgate_store_redb::OpenError),
+    #[error("scope secret file {path}: {source}")]
+    Secret { path: String, source: std::io::Error },
+}
+
+/// Opens the store named by `spec` and its scope hasher.
+pub fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, ScopeHasher), StoreSpecError> {
+    if spec == "memory" || spec.starts_with("memory?") {
+        let capacity = match spec.strip_prefix("memory?") {
+            None => usize::MAX,
+            Some(opt) => opt
+                .strip_prefix("capacity=")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| StoreSpecError::MemoryOption(opt.to_string()))?,
+        };
+        let hasher = secret.map_or_else(ScopeHasher::random, ScopeHasher::new);
+        return Ok((Arc::new(MemoryStore::with_capacity(capacity)), hasher));
+    }
+    if let Some((scheme, _)) = spec.split_once("://") {
+        return Err(match scheme {
+            "redis" | "rediss" => StoreSpecError::NotYet("Redis"),
+            "postgres" | "postgresql" => StoreSpecError::NotYet("PostgreSQL"),
+            _ => StoreSpecError::UnknownScheme(spec.to_string()),
+        });
+    }
+    let dir = Path::new(spec);
+    let store = RedbStore::open(dir)?;
+    let hasher = match secret {
+        Some(s) => ScopeHasher::new(s),
+        None => ScopeHasher::new(&local_secret(dir)?),
+    };
+    Ok((Arc::new(store), hasher))
+}
+
+/// Reads `DIR/scope-secret`, creating it with 32 random bytes (hex) on first use.
+fn local_secret(dir: &Path) -> Result<Vec<u8>, StoreSpecError> {
+    let path = dir.join("scope-secret");
+    let err = |source| StoreSpecError::Secret {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => return Ok(s.trim().as_bytes().to_vec()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        Err(_) => {}
+    }
+    let mut bytes = [0u8; 32];
+    let seed = ScopeHasher::random().check_value();
+    for (b, s) in bytes.iter_mut().zip(seed) {
+        *b = fastrand::u8(..) ^ s;
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join("scope-secret.tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(err)?;
+        f.write_all(hex.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(hex.into_bytes())
+}

@@ -1,0 +1,319 @@
+//! The gateway's contract, driven through the real binary over real sockets: one test per rule of
+//! the semantics in docs/DESIGN.md, each against an upstream that counts executions.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Gateway, Http, Upstream};
+
+fn memory(up: &Upstream) -> Vec<String> {
+    vec!["--upstream".into(), up.url(), "--store".into(), "memory".into()]
+}
+
+fn args<'a>(base: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    base.iter().map(String::as_str).chain(extra.iter().copied()).collect()
+}
+
+#[tokio::test]
+async fn rule1_2_executes_once_and_replays_status_headers_and_body() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &[]));
+    let http = Http::default();
+    let first = http.post(&gw.url("/payments?x=1"), "k-1", r#"{"amount":1}"#).await;
+    assert_eq!(first.status, 201);
+    assert!(!first.replayed());
+    assert_eq!(first.header("location"), Some("/things/1"));
+    for _ in 0..3 {
+        let again = http.post(&gw.url("/payments?x=1"), "k-1", r#"{"amount":1}"#).await;
+        assert_eq!(again.status, 201, "the original status, not 200");
+        assert!(again.replayed());
+        assert_eq!(again.body, first.body);
+        for name in ["location", "content-type", "x-execution", "content-length"] {
+            assert_eq!(again.header(name), first.header(name), "{name}");
+        }
+    }
+    assert_eq!(up.executions(), 1);
+    // The key given as an RFC 8941 string is the same key.
+    let quoted = http.post(&gw.url("/payments?x=1"), "\"k-1\"", r#"{"amount":1}"#).await;
+    assert!(quoted.replayed());
+    assert_eq!(up.executions(), 1);
+}
+
+#[tokio::test]
+async fn rule3_same_key_other_request_is_422_and_not_executed() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &[]));
+    let http = Http::default();
+    assert_eq!(http.post(&gw.url("/pay?a=1"), "k", r#"{"amount":1}"#).await.status, 201);
+    http.post(&gw.url("/pay?a=1"), "k", r#"{"amount":2}"#)
+        .await
+        .assert_problem(422, "key-reused");
+    http.post(&gw.url("/pay?a=2"), "k", r#"{"amount":1}"#)
+        .await
+        .assert_problem(422, "key-reused");
+    http.post(&gw.url("/other?a=1"), "k", r#"{"amount":1}"#)
+        .await
+        .assert_problem(422, "key-reused");
+    http.send(
+        "PATCH",
+        &gw.url("/pay?a=1"),
+        &[("idempotency-key", "k"), ("content-type", "application/json")],
+        r#"{"amount":1}"#,
+    )
+    .await
+    .assert_problem(422, "key-reused");
+    http.send(
+        "POST",
+        &gw.url("/pay?a=1"),
+        &[("idempotency-key", "k"), ("content-type", "text/plain")],
+        r#"{"amount":1}"#,
+    )
+    .await
+    .assert_problem(422, "key-reused");
+    // Key order and whitespace matter by default...
+    http.post(&gw.url("/pay?a=1"), "k", r#"{ "amount": 1 }"#)
+        .await
+        .assert_problem(422, "key-reused");
+    assert_eq!(up.executions(), 1);
+}
+
+#[tokio::test]
+async fn rule3_canonical_json_ignores_key_order_and_whitespace() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &["--canonical-json"]));
+    let http = Http::default();
+    assert_eq!(http.post(&gw.url("/pay"), "k", r#"{"a":1,"b":2}"#).await.status, 201);
+    assert!(http
+        .post(&gw.url("/pay"), "k", "{ \"b\": 2,\n \"a\": 1 }")
+        .await
+        .replayed());
+    http.post(&gw.url("/pay"), "k", r#"{"a":1,"b":3}"#)
+        .await
+        .assert_problem(422, "key-reused");
+    assert_eq!(up.executions(), 1);
+}
+
+#[tokio::test]
+async fn rule4_repeat_in_flight_is_409_then_replayed() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &[]));
+    let http = Http::default();
+    let url = gw.url("/pay?delay_ms=700");
+    let first = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.post(&url, "slow", "{}").await }
+    });
+    // Wait until the first request reached the upstream (a signal, not a guess).
+    assert!(eventually(Duration::from_secs(5), || async { up.executions() == 1 }).await);
+    let dup = http.post(&url, "slow", "{}").await;
+    dup.assert_problem(409, "request-in-progress");
+    assert_eq!(dup.header("retry-after"), Some("1"));
+    // A different body while the first is in flight: 422 takes precedence over 409.
+    http.post(&url, "slow", r#"{"x":1}"#)
+        .await
+        .assert_problem(422, "key-reused");
+    assert_eq!(first.await.unwrap().status, 201);
+    assert!(http.post(&url, "slow", "{}").await.replayed());
+    assert_eq!(up.executions(), 1);
+}
+
+#[tokio::test]
+async fn rule4_two_hundred_concurrent_duplicates_execute_once() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &[]));
+    let http = Http::default();
+    let url = gw.url("/pay?delay_ms=300");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (http, url, barrier) = (http.clone(), url.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                http.post(&url, "same-key", r#"{"n":1}"#).await
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        *statuses.entry(r.status).or_insert(0) += 1;
+    }
+    assert_eq!(up.executions(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.keys().copied().filter(|s| *s != 201 && *s != 409).count(),
+        0,
+        "{statuses:?}"
+    );
+    assert!(statuses.get(&201).copied().unwrap_or(0) >= 1);
+    assert!(http.post(&url, "same-key", r#"{"n":1}"#).await.replayed());
+}
+
+#[tokio::test]
+async fn rule4_wait_in_flight_replays_instead_of_409() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &["--wait-in-flight", "5s"]));
+    let http = Http::default();
+    let url = gw.url("/pay?delay_ms=300");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move { http.post(&url, "w", "{}").await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        bodies.push(r.body);
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "every waiter got the original response"
+    );
+    assert_eq!(up.executions(), 1);
+}
+
+#[tokio::test]
+async fn rule5_key_syntax_multiple_keys_and_missing_keys() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &[]));
+    let http = Http::default();
+    let long = "k".repeat(256);
+    for bad in ["a b", "\"unterminated", "", long.as_str(), "\"\""] {
+        http.post(&gw.url("/pay"), bad, "{}")
+            .await
+            .assert_problem(400, "invalid-key");
+    }
+    let max = "k".repeat(255);
+    assert_eq!(http.post(&gw.url("/pay"), &max, "{}").await.status, 201);
+    http.send(
+        "POST",
+        &gw.url("/pay"),
+        &[("idempotency-key", "a"), ("idempotency-key", "b")],
+        "{}",
+    )
+    .await
+    .assert_problem(400, "multiple-keys");
+    let before = up.executions();
+    // No key: forwarded untouched, every time.
+    for _ in 0..2 {
+        let r = http.send("POST", &gw.url("/pay"), &[], "{}").await;
+        assert_eq!(r.status, 201);
+        assert!(!r.replayed());
+    }
+    assert_eq!(up.executions(), before + 2);
+
+    let strict = Gateway::start(&args(&base, &["--require-key"]));
+    http.send("POST", &strict.url("/pay"), &[], "{}")
+        .await
+        .assert_problem(400, "missing-key");
+    assert_eq!(up.executions(), before + 2);
+}
+
+#[tokio::test]
+async fn rule6_other_methods_pass_through_and_are_never_stored() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &[]));
+    let http = Http::default();
+    for (i, method) in ["GET", "PUT", "DELETE", "OPTIONS", "GET"].iter().enumerate() {
+        let r = http
+            .send(method, &gw.url("/pay"), &[("idempotency-key", "k")], "")
+            .await;
+        assert_eq!(r.status, 201);
+        assert!(!r.replayed());
+        assert_eq!(up.executions(), i as u64 + 1);
+    }
+    let head = http
+        .send("HEAD", &gw.url("/pay"), &[("idempotency-key", "k")], "")
+        .await;
+    assert_eq!(head.status, 201);
+    assert_eq!(up.executions(), 6);
+    // The key was never stored: a POST with it executes.
+    assert!(!http.post(&gw.url("/pay"), "k", "{}").await.replayed());
+    assert_eq!(up.executions(), 7);
+}
+
+#[tokio::test]
+async fn rule7_keys_are_scoped_to_the_caller() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &[]));
+    let http = Http::default();
+    let send = |auth: &'static str| {
+        let (http, url) = (http.clone(), gw.url("/pay"));
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[("idempotency-key", "shared-key"), ("authorization", auth)],
+                "{}",
+            )
+            .await
+        }
+    };
+    let alice = send("Bearer alice").await;
+    let bob = send("Bearer bob").await;
+    assert_eq!(up.executions(), 2, "the same key under two callers is two keys");
+    assert_eq!(alice.json()["auth"], "Bearer alice");
+    assert_eq!(bob.json()["auth"], "Bearer bob", "bob never receives alice's response");
+    let alice2 = send("Bearer alice").await;
+    assert!(alice2.replayed());
+    assert_eq!(alice2.body, alice.body);
+    let bob2 = send("Bearer bob").await;
+    assert_eq!(bob2.body, bob.body);
+    // Anonymous callers (no scope header) are their own scope.
+    let anon = http.post(&gw.url("/pay"), "shared-key", "{}").await;
+    assert!(!anon.replayed());
+    assert_eq!(up.executions(), 3);
+    // The raw Authorization value never reaches the logs.
+    assert!(!gw.logs().contains("Bearer alice"));
+    assert!(!gw.logs().contains("shared-key"));
+}
+
+#[tokio::test]
+async fn rule8_expired_keys_execute_again_and_are_purged() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "an-admin-token-of-some-length").unwrap();
+    let token_path = token.path().to_str().unwrap();
+    let gw = Gateway::start(&args(
+        &base,
+        &[
+            "--ttl",
+            "1s",
+            "--purge-interval",
+            "100ms",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            token_path,
+        ],
+    ));
+    let http = Http::default();
+    assert_eq!(http.post(&gw.url("/pay"), "ttl", "{}").await.status, 201);
+    assert!(http.post(&gw.url("/pay"), "ttl", "{}").await.replayed());
+    let auth = [("authorization", "Bearer an-admin-token-of-some-length")];
+    assert_eq!(
+        http.send("GET", &gw.admin_url("/keys/ttl"), &auth, "").await.status,
+        200
+    );
+    // The background purge removes it once the TTL passed.
+    let purged = eventually(Duration::from_secs(5), || async {
+        http.send("GET", &gw.admin_url("/keys/ttl"), &auth, "").await.status == 404
+    })
+    .await;
+    assert!(purged, "record was not purged");
+    let again = http.post(&gw.url("/pay"), "ttl", "{}").await;
+    assert!(!again.replayed());
+    assert_eq!(up.executions(), 2);
+}
