@@ -254,6 +254,7 @@ impl Gateway {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("idemgate did not start; stderr: {:?}", lines.lock().unwrap());
                 }
             }
