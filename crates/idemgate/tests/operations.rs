@@ -1,0 +1,326 @@
+//! Durability across `kill -9`, the admin listener, graceful shutdown and start-up errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{eventually, Gateway, Http, Upstream};
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_record_whose_response_was_received() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let store = store.to_str().unwrap();
+    let mut gw = Gateway::start(&["--upstream", &up.url(), "--store", store]);
+    let http = Http::default();
+    let received: Arc<Mutex<HashMap<String, bytes::Bytes>>> = Arc::default();
+    let done = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = gw.url("/pay");
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url, received, done, next) =
+                (http.clone(), url.clone(), received.clone(), done.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= 2000 {
+                        break;
+                    }
+                    let key = format!("key-{i}");
+                    let headers = [("idempotency-key", key.as_str()), ("content-type", "application/json")];
+                    match http.try_send("POST", &url, &headers, format!("{{\"i\":{i}}}")).await {
+                        Ok(r) if r.status == 201 => {
+                            received.lock().unwrap().insert(key, r.body);
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => break, // the gateway died under us
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill the gateway in the middle of the load, at a moment chosen by progress, not by time.
+    assert!(eventually(Duration::from_secs(30), || async { done.load(Ordering::SeqCst) >= 300 }).await);
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    for w in workers {
+        let _ = w.await;
+    }
+    let received = received.lock().unwrap().clone();
+    assert!(received.len() >= 300);
+    let executions = up.executions();
+
+    let gw = Gateway::start(&["--upstream", &up.url(), "--store", store]);
+    let url = gw.url("/pay");
+    for (key, body) in &received {
+        let i: usize = key.trim_start_matches("key-").parse().unwrap();
+        let r = http.post(&url, key, &format!("{{\"i\":{i}}}")).await;
+        assert!(
+            r.replayed(),
+            "{key} was acknowledged before the crash but not replayed: {r:?}"
+        );
+        assert_eq!(&r.body, body, "{key}");
+    }
+    assert_eq!(up.executions(), executions, "no acknowledged key executed twice");
+}
+
+#[tokio::test]
+async fn restart_keeps_records_and_the_scope_secret() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let store = store.to_str().unwrap();
+    let http = Http::default();
+    let auth = [("idempotency-key", "r"), ("authorization", "Bearer carol")];
+    let first = {
+        let gw = Gateway::start(&["--upstream", &up.url(), "--store", store]);
+        http.send("POST", &gw.url("/pay"), &auth, "{}").await
+    };
+    let gw = Gateway::start(&["--upstream", &up.url(), "--store", store]);
+    let again = http.send("POST", &gw.url("/pay"), &auth, "{}").await;
+    assert!(
+        again.replayed(),
+        "a scoped key replays after a restart (the secret is kept)"
+    );
+    assert_eq!(again.body, first.body);
+    assert_eq!(up.executions(), 1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("data/scope-secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the secret is private to its owner");
+    }
+}
+
+#[tokio::test]
+async fn admin_health_readiness_metrics_and_key_api() {
+    let up = Upstream::start().await;
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "s3cret-admin-token-0123\n").unwrap();
+    let gw = Gateway::start(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.path().to_str().unwrap(),
+    ]);
+    let http = Http::default();
+    assert_eq!(http.send("GET", &gw.admin_url("/healthz"), &[], "").await.status, 200);
+    assert_eq!(http.send("GET", &gw.admin_url("/readyz"), &[], "").await.status, 200);
+
+    let key_headers = [("idempotency-key", "adm/1 x%"), ("authorization", "Bearer dave")];
+    // "adm/1 x%" has a space: invalid. Use a key with reserved URL characters instead.
+    assert_eq!(http.send("POST", &gw.url("/pay"), &key_headers, "{}").await.status, 400);
+    let key_headers = [("idempotency-key", "adm/1?x%"), ("authorization", "Bearer dave")];
+    assert_eq!(http.send("POST", &gw.url("/pay"), &key_headers, "{}").await.status, 201);
+    http.send("POST", &gw.url("/pay"), &key_headers, "{}").await;
+    let path = "/keys/adm%2F1%3Fx%25";
+
+    let no_token = http.send("GET", &gw.admin_url(path), &[], "").await;
+    no_token.assert_problem(401, "unauthorized");
+    let wrong = http
+        .send(
+            "GET",
+            &gw.admin_url(path),
+            &[("authorization", "Bearer s3cret-admin-token-0124")],
+            "",
+        )
+        .await;
+    wrong.assert_problem(401, "unauthorized");
+    let bearer = [
+        ("authorization", "Bearer s3cret-admin-token-0123"),
+        ("idemgate-scope", "Bearer dave"),
+    ];
+    let got = http.send("GET", &gw.admin_url(path), &bearer, "").await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(got.json()["state"], "completed");
+    assert_eq!(got.json()["status"], 201);
+    // Under another scope the key does not exist.
+    let other = [
+        ("authorization", "Bearer s3cret-admin-token-0123"),
+        ("idemgate-scope", "Bearer eve"),
+    ];
+    http.send("GET", &gw.admin_url(path), &other, "")
+        .await
+        .assert_problem(404, "key-not-found");
+    // Delete: the key executes again.
+    assert_eq!(http.send("DELETE", &gw.admin_url(path), &bearer, "").await.status, 204);
+    http.send("DELETE", &gw.admin_url(path), &bearer, "")
+        .await
+        .assert_problem(404, "key-not-found");
+    assert!(!http.send("POST", &gw.url("/pay"), &key_headers, "{}").await.replayed());
+    assert_eq!(up.executions(), 2);
+
+    let metrics = String::from_utf8(http.send("GET", &gw.admin_url("/metrics"), &[], "").await.body.to_vec()).unwrap();
+    for line in [
+        "idemgate_requests_total{outcome=\"executed\"} 2",
+        "idemgate_requests_total{outcome=\"replayed\"} 1",
+        "idemgate_requests_total{outcome=\"invalid\"} 1",
+        "idemgate_store_seconds_bucket",
+        "idemgate_upstream_seconds_bucket",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    // Without a token file the key API is off.
+    let open = Gateway::start(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    http.send("GET", &open.admin_url("/keys/x"), &[("authorization", "Bearer ")], "")
+        .await
+        .assert_problem(403, "admin-disabled");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
+    let up = Upstream::start().await;
+    let mut gw = Gateway::start(&["--upstream", &up.url(), "--store", "memory"]);
+    let http = Http::default();
+    let url = gw.url("/pay?delay_ms=500");
+    let inflight = tokio::spawn({
+        let http = http.clone();
+        async move { http.post(&url, "drain", "{}").await }
+    });
+    assert!(eventually(Duration::from_secs(5), || async { up.executions() == 1 }).await);
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 201, "the in-flight request completed during shutdown");
+    let status = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = gw.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.expect("exited within 10 s").success());
+}
+
+#[test]
+fn bad_configuration_is_a_clear_start_up_error() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_idemgate"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run(&["serve", "--upstream", "http://127.0.0.1:1", "--store", "mongodb://db"]);
+    assert!(e.contains("unknown store"), "{e}");
+    let e = run(&["serve", "--upstream", "http://127.0.0.1:1", "--ttl", "forever"]);
+    assert!(e.contains("--ttl"), "{e}");
+    let e = run(&["serve", "--store", "memory"]);
+    assert!(e.contains("--upstream is required"), "{e}");
+    let e = run(&["serve", "--upstream", "https://127.0.0.1:1", "--store", "memory"]);
+    assert!(e.contains("http://"), "{e}");
+    let help = Command::new(env!("CARGO_BIN_EXE_idemgate"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--upstream",
+        "--listen",
+        "--store",
+        "--ttl",
+        "--lock-timeout",
+        "--key-header",
+        "--scope-header",
+        "--require-key",
+        "--max-body",
+        "--upstream-timeout",
+        "--admin-listen",
+        "--admin-token-file",
+        "--config",
+        "--log-format",
+        "--wait-in-flight",
+        "IDEMGATE_TTL",
+        "[[route]]",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[tokio::test]
+async fn environment_variables_configure_the_gateway() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start_env(
+        &[],
+        &[
+            ("IDEMGATE_UPSTREAM", &up.url()),
+            ("IDEMGATE_STORE", "memory"),
+            ("IDEMGATE_REQUIRE_KEY", "true"),
+        ],
+    );
+    let http = Http::default();
+    http.send("POST", &gw.url("/pay"), &[], "{}")
+        .await
+        .assert_problem(400, "missing-key");
+    // A flag beats the environment.
+    let gw = Gateway::start_env(
+        &["--require-key=false"],
+        &[
+            ("IDEMGATE_UPSTREAM", &up.url()),
+            ("IDEMGATE_STORE", "memory"),
+            ("IDEMGATE_REQUIRE_KEY", "true"),
+        ],
+    );
+    assert_eq!(http.send("POST", &gw.url("/pay"), &[], "{}").await.status, 201);
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_request_with_its_outcome() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&["--upstream", &up.url(), "--store", "memory", "--log-format", "json"]);
+    let http = Http::default();
+    http.send(
+        "POST",
+        &gw.url("/pay"),
+        &[("idempotency-key", "log-key-1"), ("authorization", "Bearer topsecret")],
+        "{}",
+    )
+    .await;
+    http.send(
+        "POST",
+        &gw.url("/pay"),
+        &[("idempotency-key", "log-key-1"), ("authorization", "Bearer topsecret")],
+        "{}",
+    )
+    .await;
+    let found = eventually(Duration::from_secs(5), || async {
+        let logs = gw.logs();
+        logs.lines().filter(|l| l.contains("\"outcome\":\"replayed\"")).count() == 1
+            && logs.lines().filter(|l| l.contains("\"outcome\":\"executed\"")).count() == 1
+    })
+    .await;
+    assert!(found, "{}", gw.logs());
+    for line in gw.logs().lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).expect("every log line is JSON");
+    }
+    assert!(!gw.logs().contains("topsecret"));
+    assert!(!gw.logs().contains("log-key-1"));
+}
