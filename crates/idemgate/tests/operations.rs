@@ -202,21 +202,15 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 201, "the in-flight request completed during shutdown");
-    let status = tokio::task::spawn_blocking(move || {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(s) = gw.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let mut status = None;
+    let exited = eventually(Duration::from_secs(10), || {
+        let s = gw.child.try_wait().unwrap();
+        status = s;
+        async move { s.is_some() }
     })
-    .await
-    .unwrap();
-    assert!(status.expect("exited within 10 s").success());
+    .await;
+    assert!(exited, "exited within 10 s");
+    assert!(status.unwrap().success());
 }
 
 #[test]
