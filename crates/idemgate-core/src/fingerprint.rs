@@ -101,6 +101,15 @@ mod tests {
         assert_eq!(a, fp(&o, "POST", "/p", None, b"{ \"b\" : [1, 2],\n \"a\": 1 }"));
         assert_ne!(a, fp(&o, "POST", "/p", None, br#"{"a":1,"b":[2,1]}"#));
         assert_ne!(a, fp(&o, "POST", "/p", None, br#"{"a":2,"b":[1,2]}"#));
+        // Numbers are compared by their exact text, never rounded through f64.
+        assert_ne!(
+            fp(&o, "POST", "/p", None, br#"{"n":12345678901234567890123}"#),
+            fp(&o, "POST", "/p", None, br#"{"n":12345678901234567890124}"#)
+        );
+        assert_ne!(
+            fp(&o, "POST", "/p", None, br#"{"n":0.1000000000000000000001}"#),
+            fp(&o, "POST", "/p", None, br#"{"n":0.1}"#)
+        );
         // Not JSON: hashed as raw bytes, still deterministic.
         assert_eq!(
             fp(&o, "POST", "/p", None, b"not json"),

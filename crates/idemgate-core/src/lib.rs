@@ -24,4 +24,4 @@ pub use memory::MemoryStore;
 pub use record::{Claim, ClaimRequest, FencingToken, Record};
 pub use response::StoredResponse;
 pub use scope::{RecordId, ScopeHasher};
-pub use store::{BoxFuture, CompleteError, Store, StoreError};
+pub use store::{BoxFuture, CompleteError, Purged, Store, StoreError};

@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::record::{decide_claim, decide_complete, decide_release, Claim, ClaimRequest, FencingToken, Record};
 use crate::response::StoredResponse;
 use crate::scope::RecordId;
-use crate::store::{BoxFuture, CompleteError, Store, StoreError};
+use crate::store::{BoxFuture, CompleteError, Purged, Store, StoreError};
 
 const SHARDS: usize = 64;
 
@@ -74,17 +74,19 @@ impl MemoryStore {
         let (claim, write) = decide_claim(existing, req);
         if let Some(record) = write {
             if existing.is_none() {
-                if self.count.load(Ordering::Relaxed) >= self.capacity {
+                // Reserve a slot first, so concurrent claims on other shards cannot overshoot.
+                if self.count.fetch_add(1, Ordering::AcqRel) >= self.capacity {
                     let before = shard.len();
                     shard.retain(|_, r| !r.is_expired(req.now_ms));
-                    self.count.fetch_sub(before - shard.len(), Ordering::Relaxed);
-                    if self.count.load(Ordering::Relaxed) >= self.capacity {
+                    let freed = before - shard.len();
+                    let now_count = self.count.fetch_sub(freed, Ordering::AcqRel) - freed;
+                    if now_count > self.capacity {
+                        self.count.fetch_sub(1, Ordering::AcqRel);
                         return Err(StoreError::Full {
                             capacity: self.capacity,
                         });
                     }
                 }
-                self.count.fetch_add(1, Ordering::Relaxed);
             }
             shard.insert(req.id, record);
         }
@@ -153,7 +155,7 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(r)))
     }
 
-    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>> {
+    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Purged, StoreError>> {
         // One shard at a time, so traffic on the other 63 shards is never stalled.
         let mut purged = 0;
         for shard in self.shards.iter() {
@@ -175,7 +177,11 @@ impl Store for MemoryStore {
             self.count.fetch_sub(n, Ordering::Relaxed);
             purged += n;
         }
-        Box::pin(std::future::ready(Ok(purged)))
+        let report = Purged {
+            removed: purged,
+            more: purged >= limit,
+        };
+        Box::pin(std::future::ready(Ok(report)))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -34,6 +34,21 @@ impl fmt::Debug for RecordId {
     }
 }
 
+/// 32 bytes from the operating system's cryptographic random source.
+pub fn random_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    if getrandom::fill(&mut secret).is_err() {
+        // No OS randomness (never seen on supported platforms): derive from what varies.
+        let mut h = Sha256::new();
+        h.update(crate::time::now_ms().to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
+        h.update((&secret as *const _ as usize).to_le_bytes());
+        h.update(fastrand::u64(..).to_le_bytes());
+        secret = h.finalize().into();
+    }
+    secret
+}
+
 /// Derives [`RecordId`]s from a per-deployment secret.
 #[derive(Clone)]
 pub struct ScopeHasher {
@@ -61,14 +76,7 @@ impl ScopeHasher {
 
     /// A random secret, for stores that live and die with the process.
     pub fn random() -> Self {
-        let mut secret = [0u8; 32];
-        fastrand::fill(&mut secret);
-        // Mix in the clock and address-space randomness so two processes never collide.
-        let mut h = Sha256::new();
-        h.update(secret);
-        h.update(crate::time::now_ms().to_le_bytes());
-        h.update((&secret as *const _ as usize).to_le_bytes());
-        Self::new(&h.finalize())
+        Self::new(&random_secret())
     }
 
     /// The id of `key` under the caller identified by `scope` (empty for anonymous callers).

@@ -53,6 +53,15 @@ pub enum CompleteError {
     Store(#[from] StoreError),
 }
 
+/// What one purge call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Records deleted.
+    pub removed: usize,
+    /// The call stopped before looking at every record: call again.
+    pub more: bool,
+}
+
 /// The store contract (see the module docs). Every method is one atomic step.
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and metrics (`memory`, `embedded`, …).
@@ -80,8 +89,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a record whatever its state (operator action). `Ok(true)` if one existed.
     fn delete(&self, id: RecordId) -> BoxFuture<'_, Result<bool, StoreError>>;
 
-    /// Deletes up to `limit` records expired at `now_ms`; returns how many went.
-    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Deletes up to `limit` records expired at `now_ms`. A store may stop early to bound the
+    /// work of one call; [`Purged::more`] says whether another call may find more.
+    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Purged, StoreError>>;
 
     /// Checks that the store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -232,7 +232,7 @@ pub async fn purge_removes_only_expired<S: Store + ?Sized>(s: Arc<S>) {
     let mut purged = 0;
     for _ in 0..100 {
         let n = s.purge_expired(now + 2_000, 1_000).await.unwrap();
-        purged += n;
+        purged += n.removed;
         if s.get(old).await.unwrap().is_none() {
             break;
         }

@@ -22,7 +22,8 @@ use std::thread;
 use bytes::Bytes;
 use idemgate_core::record::{decide_claim, decide_complete, decide_release};
 use idemgate_core::{
-    BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Record, RecordId, Store, StoreError, StoredResponse,
+    BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Purged, Record, RecordId, Store, StoreError,
+    StoredResponse,
 };
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
@@ -67,7 +68,7 @@ enum Op {
     ),
     Release(RecordId, FencingToken, oneshot::Sender<Result<bool, StoreError>>),
     Delete(RecordId, oneshot::Sender<Result<bool, StoreError>>),
-    Purge(u64, usize, oneshot::Sender<Result<usize, StoreError>>),
+    Purge(u64, usize, oneshot::Sender<Result<Purged, StoreError>>),
 }
 
 /// The outcome of one op, sent once the batch has committed.
@@ -75,7 +76,7 @@ enum Done {
     Claim(oneshot::Sender<Result<Claim, StoreError>>, Result<Claim, StoreError>),
     Complete(oneshot::Sender<Result<(), CompleteError>>, Result<(), CompleteError>),
     Bool(oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
-    Count(oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
+    Count(oneshot::Sender<Result<Purged, StoreError>>, Result<Purged, StoreError>),
 }
 
 /// The embedded durable store.
@@ -242,7 +243,7 @@ impl Store for RedbStore {
         })
     }
 
-    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>> {
+    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Purged, StoreError>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
             if !self.send(Op::Purge(now_ms, limit, tx)) {
@@ -411,8 +412,8 @@ fn apply_one(table: &mut Table<'_>, op: Op, delta: &mut i64, purge_cursor: &mut 
         }
         Op::Purge(now_ms, limit, tx) => {
             let r = purge(table, now_ms, limit, purge_cursor);
-            if let Ok(n) = r {
-                *delta -= n as i64;
+            if let Ok(p) = r {
+                *delta -= p.removed as i64;
             }
             Done::Count(tx, r)
         }
@@ -420,7 +421,7 @@ fn apply_one(table: &mut Table<'_>, op: Op, delta: &mut i64, purge_cursor: &mut 
 }
 
 /// Removes expired records among the next [`PURGE_SCAN`] after the cursor (wrapping around).
-fn purge(table: &mut Table<'_>, now_ms: u64, limit: usize, cursor: &mut Vec<u8>) -> Result<usize, StoreError> {
+fn purge(table: &mut Table<'_>, now_ms: u64, limit: usize, cursor: &mut Vec<u8>) -> Result<Purged, StoreError> {
     let mut expired = Vec::new();
     let mut last = None;
     let mut scanned = 0;
@@ -453,7 +454,10 @@ fn purge(table: &mut Table<'_>, now_ms: u64, limit: usize, cursor: &mut Vec<u8>)
     for k in &expired {
         table.remove(&k[..]).map_err(backend)?;
     }
-    Ok(expired.len())
+    Ok(Purged {
+        removed: expired.len(),
+        more: !cursor.is_empty(),
+    })
 }
 
 fn send_done(d: Done) {

@@ -85,7 +85,20 @@ where
                 uri,
                 start,
             } => {
-                let resp = std::task::ready!(fut.poll(cx))?;
+                let resp = match std::task::ready!(fut.poll(cx)) {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        shared.metrics.outcome(Outcome::Bypassed);
+                        log_request(
+                            method,
+                            uri.path(),
+                            Outcome::Bypassed,
+                            http::StatusCode::BAD_GATEWAY,
+                            *start,
+                        );
+                        return Poll::Ready(Err(e));
+                    }
+                };
                 shared.metrics.outcome(Outcome::Bypassed);
                 log_request(method, uri.path(), Outcome::Bypassed, resp.status(), *start);
                 Poll::Ready(Ok(resp.map(ResponseBody::stream)))

@@ -110,7 +110,9 @@ where
             policy: policy.clone(),
             inner,
         };
-        ResponseFuture::managed(Box::pin(async move {
+        // The protected exchange runs in its own task: a client that disconnects (the usual
+        // reason for a retry) must not cancel it between the claim and the recorded outcome.
+        let task = tokio::spawn(async move {
             let (parts, body) = req.into_parts();
             let scope = scope_bytes(&job.shared.config.scope, &parts);
             let id = job.shared.hasher.record_id(&scope, &key);
@@ -122,6 +124,15 @@ where
             shared.metrics.outcome(outcome);
             log_request(&method, uri.path(), outcome, resp.status(), start);
             Ok(resp)
+        });
+        ResponseFuture::managed(Box::pin(async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) => {
+                    tracing::error!(error = %e, "protected request task failed");
+                    Ok(Problem::UpstreamFailed { retry_after_secs: 1 }.into_response())
+                }
+            }
         }))
     }
 }
@@ -176,7 +187,8 @@ impl<S> Protected<S> {
         ResB: Body<Data = Bytes> + Unpin,
         ResB::Error: Into<BoxError> + Send,
     {
-        let cfg = &self.shared.config;
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
         let body = match Limited::new(body, cfg.max_body).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -236,7 +248,7 @@ impl<S> Protected<S> {
                         return Ok(conflict());
                     }
                     match (&waiting, notified) {
-                        (None, _) => match self.shared.waiters.register(id) {
+                        (None, _) => match shared.waiters.register(id) {
                             // Registered: look again with the wake-up armed.
                             Some(w) => waiting = Some(w),
                             None => return Ok(conflict()),
@@ -255,8 +267,10 @@ impl<S> Protected<S> {
                         return Ok(problem(Problem::StoreUnavailable, Outcome::StoreError));
                     }
                     let req = Request::from_parts(parts, RequestBody::full(body));
-                    let resp = self.inner.call(req).await?;
-                    return Ok((resp.map(ResponseBody::stream), Outcome::StoreError));
+                    return Ok(match self.inner.call(req).await {
+                        Ok(resp) => (resp.map(ResponseBody::stream), Outcome::StoreError),
+                        Err(e) => (upstream_problem(&*e.into()).into_response(), Outcome::StoreError),
+                    });
                 }
             }
         }
@@ -310,6 +324,7 @@ impl<S> Protected<S> {
             }
         };
         let (mut rparts, mut rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
         if self.policy.release_statuses.contains(&rparts.status) {
             release(&self.shared, id, token).await;
             return (
@@ -331,7 +346,6 @@ impl<S> Protected<S> {
         if hint.is_some_and(|n| n > max as u64) {
             return pass_too_large(&self.shared, rparts, None, rbody, id, token).await;
         }
-        strip_hop_by_hop(&mut rparts.headers);
         let mut builder = StoredResponse::builder(rparts.status, &rparts.headers, |_| true, hint.unwrap_or(0) as usize);
         loop {
             let frame = match tokio::time::timeout_at(lease_end, rbody.frame()).await {
@@ -389,7 +403,7 @@ impl<S> Protected<S> {
 
 async fn pass_too_large<ResB>(
     shared: &Shared,
-    mut rparts: http::response::Parts,
+    rparts: http::response::Parts,
     prefix: Option<Bytes>,
     body: ResB,
     id: RecordId,
@@ -398,7 +412,6 @@ async fn pass_too_large<ResB>(
     tracing::warn!(record = ?id, limit = shared.config.max_response, "response too large to store; passed through and key released");
     shared.metrics.not_stored_too_large.increment(1);
     release(shared, id, token).await;
-    strip_hop_by_hop(&mut rparts.headers);
     (
         Response::from_parts(rparts, ResponseBody::Stream { prefix, body }),
         Outcome::Released,
@@ -431,6 +444,15 @@ fn replay<B>(stored: &StoredResponse) -> (Reply<B>, Outcome) {
     *resp.status_mut() = stored.status();
     *resp.headers_mut() = headers;
     (resp, Outcome::Replayed)
+}
+
+/// The problem for an inner-service error on a request whose key is not held.
+pub(crate) fn upstream_problem(e: &(dyn std::error::Error + 'static)) -> Problem {
+    match find_upstream_error(e) {
+        Some(UpstreamError::NotExecuted(_)) => Problem::UpstreamUnavailable,
+        Some(UpstreamError::Timeout(_)) => Problem::UpstreamTimeout { retry_after_secs: 1 },
+        _ => Problem::UpstreamFailed { retry_after_secs: 1 },
+    }
 }
 
 fn find_upstream_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a UpstreamError> {

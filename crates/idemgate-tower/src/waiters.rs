@@ -14,7 +14,8 @@ const SHARDS: usize = 16;
 
 #[derive(Debug)]
 pub(crate) struct Waiters {
-    shards: Vec<Mutex<HashMap<RecordId, Arc<Notify>>>>,
+    /// Per key: the wake-up and how many requests wait on it.
+    shards: Vec<Mutex<HashMap<RecordId, (Arc<Notify>, usize)>>>,
     max_per_key: usize,
 }
 
@@ -33,7 +34,7 @@ impl Waiters {
         }
     }
 
-    fn shard(&self, id: &RecordId) -> std::sync::MutexGuard<'_, HashMap<RecordId, Arc<Notify>>> {
+    fn shard(&self, id: &RecordId) -> std::sync::MutexGuard<'_, HashMap<RecordId, (Arc<Notify>, usize)>> {
         self.shards[id.0[0] as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -42,11 +43,11 @@ impl Waiters {
     /// Registers a waiter, or `None` when the key already has `max_per_key` waiters.
     pub(crate) fn register(&self, id: RecordId) -> Option<Waiting<'_>> {
         let mut shard = self.shard(&id);
-        let notify = shard.entry(id).or_default();
-        // One reference is the map's own.
-        if Arc::strong_count(notify) > self.max_per_key {
+        let (notify, count) = shard.entry(id).or_default();
+        if *count >= self.max_per_key {
             return None;
         }
+        *count += 1;
         let notify = notify.clone();
         Some(Waiting {
             waiters: self,
@@ -57,8 +58,7 @@ impl Waiters {
 
     /// Wakes every waiter of `id` in this process (the key was completed or released).
     pub(crate) fn wake(&self, id: &RecordId) {
-        let notify = self.shard(id).get(id).cloned();
-        if let Some(n) = notify {
+        if let Some((n, _)) = self.shard(id).get(id) {
             n.notify_waiters();
         }
     }
@@ -67,8 +67,34 @@ impl Waiters {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut shard = self.waiters.shard(&self.id);
-        if shard.get(&self.id).is_some_and(|n| Arc::strong_count(n) <= 2) {
-            shard.remove(&self.id);
+        if let Some((_, count)) = shard.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                shard.remove(&self.id);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_per_key_and_forgotten_when_the_last_waiter_leaves() {
+        let w = Waiters::new(3);
+        let id = RecordId([1; 32]);
+        let a = w.register(id).unwrap();
+        let b = w.register(id).unwrap();
+        let c = w.register(id).unwrap();
+        assert!(w.register(id).is_none(), "a fourth waiter is refused");
+        assert!(w.register(RecordId([2; 32])).is_some(), "other keys are independent");
+        drop((a, b));
+        assert!(w.register(id).is_some());
+        drop(c);
+        assert!(
+            w.shards.iter().all(|s| s.lock().unwrap().is_empty()),
+            "no entry outlives its waiters"
+        );
     }
 }

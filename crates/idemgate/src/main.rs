@@ -84,9 +84,15 @@ fn main() -> anyhow::Result<()> {
 async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> anyhow::Result<()> {
     let _log_guard = telemetry::init_logs(settings.log_json);
     let prometheus = telemetry::init_metrics().ok();
-    if settings.layer.lock_timeout < settings.upstream_timeout {
+    let shortest_lock = settings
+        .layer
+        .routes
+        .iter()
+        .filter_map(|r| r.overrides.lock_timeout)
+        .fold(settings.layer.lock_timeout, Duration::min);
+    if shortest_lock < settings.upstream_timeout {
         tracing::warn!(
-            lock_timeout = ?settings.layer.lock_timeout,
+            lock_timeout = ?shortest_lock,
             upstream_timeout = ?settings.upstream_timeout,
             "--lock-timeout is shorter than --upstream-timeout: a slow request's key can be taken over while it still runs"
         );
@@ -151,11 +157,12 @@ async fn housekeeping(
         let mut purged = 0;
         loop {
             match store.purge_expired(idemgate_core::time::now_ms(), BATCH).await {
-                Ok(n) => {
-                    purged += n;
-                    if n < BATCH {
+                Ok(p) => {
+                    purged += p.removed;
+                    if !p.more {
                         break;
                     }
+                    // Let traffic through between batches.
                     tokio::task::yield_now().await;
                 }
                 Err(e) => {

@@ -67,7 +67,9 @@ impl Proxy {
         let base_path = uri.path().trim_end_matches('/').to_string();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        // A failed connect is "not executed" (the key is released); keep it well inside the
+        // response timeout so a slow connect is not mistaken for an unknown outcome.
+        connector.set_connect_timeout(Some((timeout / 2).min(Duration::from_secs(5))));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
@@ -136,7 +138,10 @@ impl tower::Service<Request<RequestBody<Incoming>>> for Proxy {
             rewritten?;
             match tokio::time::timeout(timeout, client.request(req)).await {
                 Err(_) => Err(UpstreamError::Timeout(timeout)),
-                Ok(Ok(resp)) => Ok(resp),
+                Ok(Ok(mut resp)) => {
+                    strip_hop_by_hop(resp.headers_mut());
+                    Ok(resp)
+                }
                 Ok(Err(e)) if e.is_connect() => Err(UpstreamError::NotExecuted(Box::new(e))),
                 Ok(Err(e)) => Err(UpstreamError::Failed(Box::new(e))),
             }

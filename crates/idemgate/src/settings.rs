@@ -324,7 +324,9 @@ impl Settings {
                         require_key: r.require_key,
                         fingerprint: fp,
                         release_statuses: statuses("route.release_statuses", r.release_statuses)?,
-                        wait_in_flight: dur("route.wait_in_flight", r.wait_in_flight)?.map(Some),
+                        // "0s" turns a global --wait-in-flight off for the route.
+                        wait_in_flight: dur("route.wait_in_flight", r.wait_in_flight)?
+                            .map(|d| (!d.is_zero()).then_some(d)),
                         enabled: r.enabled,
                     },
                 })
@@ -356,7 +358,10 @@ impl Settings {
                 Some(s) => s,
                 None => statuses("release_statuses", file.release_statuses)?.unwrap_or(d.release_statuses.clone()),
             },
-            wait_in_flight: args.wait_in_flight.or(dur("wait_in_flight", file.wait_in_flight)?),
+            wait_in_flight: args
+                .wait_in_flight
+                .or(dur("wait_in_flight", file.wait_in_flight)?)
+                .filter(|d| !d.is_zero()),
             routes,
             ..d
         };

@@ -70,11 +70,7 @@ fn local_secret(dir: &Path) -> Result<Vec<u8>, StoreSpecError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
         Err(_) => {}
     }
-    let mut bytes = [0u8; 32];
-    let seed = ScopeHasher::random().check_value();
-    for (b, s) in bytes.iter_mut().zip(seed) {
-        *b = fastrand::u8(..) ^ s;
-    }
+    let bytes = idemgate_core::scope::random_secret();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = dir.join("scope-secret.tmp");
     {
@@ -88,5 +84,7 @@ fn local_secret(dir: &Path) -> Result<Vec<u8>, StoreSpecError> {
         f.sync_all().map_err(err)?;
     }
     std::fs::rename(&tmp, &path).map_err(err)?;
+    // Make the rename itself durable: losing the secret would silently stop every replay.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(hex.into_bytes())
 }

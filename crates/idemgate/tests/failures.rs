@@ -264,3 +264,25 @@ async fn rule10_event_streams_pass_through_and_are_not_stored() {
     assert!(!second.replayed());
     assert!(String::from_utf8_lossy(&second.body).contains("of execution 2"));
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_does_not_cancel_its_request() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&["--upstream", &up.url(), "--store", "memory"]);
+    let http = Http::default();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = "POST /pay?delay_ms=400 HTTP/1.1\r\nhost: x\r\nidempotency-key: gone\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    s.write_all(head.as_bytes()).await.unwrap();
+    assert!(common::eventually(Duration::from_secs(5), || async { up.executions() == 1 }).await);
+    drop(s); // the client times out and disconnects while the upstream is still working
+             // The retry sees the request in flight, then its recorded outcome: never a second execution.
+    let replayed = common::eventually(Duration::from_secs(5), || async {
+        let r = http.post(&gw.url("/pay?delay_ms=400"), "gone", "{}").await;
+        assert!(r.status == 409 || r.replayed(), "{r:?}");
+        r.replayed()
+    })
+    .await;
+    assert!(replayed);
+    assert_eq!(up.executions(), 1);
+}
