@@ -12,10 +12,13 @@ use tokio::sync::Notify;
 
 const SHARDS: usize = 16;
 
+/// Per key: the wake-up and how many requests wait on it.
+type Shard = HashMap<RecordId, (Arc<Notify>, usize)>;
+
 #[derive(Debug)]
 pub(crate) struct Waiters {
     /// Per key: the wake-up and how many requests wait on it.
-    shards: Vec<Mutex<HashMap<RecordId, (Arc<Notify>, usize)>>>,
+    shards: Vec<Mutex<Shard>>,
     max_per_key: usize,
 }
 
@@ -34,7 +37,7 @@ impl Waiters {
         }
     }
 
-    fn shard(&self, id: &RecordId) -> std::sync::MutexGuard<'_, HashMap<RecordId, (Arc<Notify>, usize)>> {
+    fn shard(&self, id: &RecordId) -> std::sync::MutexGuard<'_, Shard> {
         self.shards[id.0[0] as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
