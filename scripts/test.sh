@@ -4,12 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# (Later store tests need redis-server and PostgreSQL binaries; scripts/deps.sh finds or installs them.)
-if [[ -x scripts/deps.sh ]]; then
-  source scripts/deps.sh
-fi
+# redis-server and the PostgreSQL binaries: found, or installed from Debian's packages.
+source scripts/deps.sh
 
-# Two cores: build with both, run at most two test binaries' threads at once.
+# Two cores: tests spawn servers and gateways, so keep the number of test threads modest.
 export RUST_BACKTRACE=1
 cargo test --workspace --all-targets "$@" -- --test-threads="${TEST_THREADS:-4}"
 cargo test --workspace --doc

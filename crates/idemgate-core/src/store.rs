@@ -34,6 +34,10 @@ pub enum StoreError {
         /// The configured capacity.
         capacity: usize,
     },
+    /// The store was initialised by gateways with another scope secret: their record ids and
+    /// ours would never match, so every replay would silently be missed.
+    #[error("the store belongs to a deployment with a different scope secret; give every gateway the same --scope-secret-file")]
+    SecretMismatch,
     /// A stored record could not be decoded.
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
@@ -95,6 +99,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Records `check` (see [`crate::ScopeHasher::check_value`]) if the store has none, else
+    /// compares it: [`StoreError::SecretMismatch`] when it differs. Shared stores must implement
+    /// it; stores private to one process need not.
+    fn check_secret(&self, check: [u8; 32]) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = check;
+        Box::pin(async { Ok(()) })
+    }
 
     /// Makes every acknowledged write durable and stops background work (shutdown).
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {

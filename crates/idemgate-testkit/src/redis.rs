@@ -1,0 +1,1 @@
+//! Private redis-server instances (written with the Redis store).
