@@ -318,3 +318,26 @@ async fn json_logs_carry_one_line_per_request_with_its_outcome() {
     assert!(!gw.logs().contains("topsecret"));
     assert!(!gw.logs().contains("log-key-1"));
 }
+
+#[tokio::test]
+async fn demo_runs_in_one_command_and_charges_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idemgate"));
+    cmd.args(["demo", "--listen", "127.0.0.1:0"]).current_dir(dir.path());
+    let gw = Gateway::spawn(cmd);
+    let http = Http::default();
+    let body = r#"{"amount":1999,"currency":"usd"}"#;
+    let first = http.post(&gw.url("/payments"), "order-1001", body).await;
+    assert_eq!(first.status, 201);
+    assert!(first.header("location").is_some());
+    let retry = http.post(&gw.url("/payments"), "order-1001", body).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    http.post(&gw.url("/payments"), "order-1001", r#"{"amount":5000,"currency":"usd"}"#)
+        .await
+        .assert_problem(422, "key-reused");
+    let count = http.send("GET", &gw.url("/payments"), &[], "").await;
+    assert_eq!(count.json()["charges"], 1);
+    // The demo runs on the embedded default store, in ./idemgate-data.
+    assert!(dir.path().join("idemgate-data/records.redb").exists());
+}
