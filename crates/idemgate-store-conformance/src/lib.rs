@@ -4,7 +4,7 @@
 //! Time is passed in (`now_ms`), so expiry and lease cases move the clock instead of sleeping.
 //! A store crate runs every case with [`conformance_tests!`]:
 //!
-//! ```ignore
+//! ```text
 //! idemgate_store_conformance::conformance_tests!(async { std::sync::Arc::new(MemoryStore::default()) });
 //! ```
 #![allow(missing_docs)]

@@ -1,1 +1,114 @@
-//! Private redis-server instances (written with the Redis store).
+//! Private redis-server instances for tests.
+//!
+//! [`RedisServer::start`] runs Debian's `redis-server` on a free loopback port, with no
+//! persistence (`--save ""`, `--appendonly no`), a temporary working directory and the
+//! `noeviction` policy the Redis store asks for. The server is killed when its handle drops;
+//! [`RedisServer::stop`] and [`RedisServer::restart`] simulate an outage and a recovery on the
+//! same port, so a client that reconnects by itself can be tested.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// How long a starting server may take to accept connections.
+const START_WITHIN: Duration = Duration::from_secs(10);
+
+/// A private `redis-server` (see the module docs).
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port. Panics (this is test support) when `redis-server` is not
+    /// installed or does not accept connections within 10 s.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+        let mut server = Self {
+            port: crate::free_port(),
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        // A port freed by `free_port` (or by a stopped server) can be taken by someone else in
+        // between; a few attempts make that race harmless.
+        for _ in 0..3 {
+            let child = spawn_redis(self.port, self.dir.path());
+            self.child = Some(child);
+            if crate::wait_for_port(self.addr(), START_WITHIN) && self.running() {
+                return;
+            }
+            self.kill();
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The URL the Redis store takes (`redis://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (an outage). Its data is gone: persistence is off.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the server again on the same port (after [`RedisServer::stop`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_redis(port: u16, dir: &Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--maxmemory-policy", "noeviction"])
+        .args(["--protected-mode", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/deps.sh)")
+}

@@ -98,7 +98,8 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
         );
     }
     let (store, hasher) = stores::open(&settings.store, settings.scope_secret.as_deref())
-        .with_context(|| format!("cannot open store {:?}", settings.store))?;
+        .await
+        .with_context(|| format!("cannot open store {}", stores::redact(&settings.store)))?;
     let proxy = proxy::Proxy::new(&settings.upstream, settings.upstream_timeout)?;
     let layer = IdempotencyLayer::new(store.clone(), hasher, settings.layer.clone());
     let svc = layer.layer(proxy);
@@ -122,12 +123,22 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
         }
         None => None,
     };
-    let housekeeping = tokio::spawn(housekeeping(store.clone(), settings.purge_interval, prometheus));
+    let housekeeping = tokio::spawn(housekeeping(store.clone(), settings.purge_interval));
+    // The exporter keeps raw histogram samples until upkeep folds them into buckets: drain often.
+    let upkeep = prometheus.map(|p| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                p.run_upkeep();
+            }
+        })
+    });
     println!(
         "idemgate listening on http://{addr} -> {} (store: {} {})",
         settings.upstream,
         store.kind(),
-        settings.store
+        stores::redact(&settings.store)
     );
     tracing::info!(%addr, upstream = %settings.upstream, store = store.kind(), "idemgate started");
     if let Some(banner) = banner {
@@ -135,6 +146,9 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     }
     server::serve(listener, svc, shutdown_signal(), settings.shutdown_timeout).await;
     housekeeping.abort();
+    if let Some(t) = upkeep {
+        t.abort();
+    }
     if let Some(t) = admin_task {
         t.abort();
     }
@@ -144,11 +158,7 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
 }
 
 /// Purges expired records in small batches and refreshes gauges.
-async fn housekeeping(
-    store: Arc<dyn idemgate_core::Store>,
-    every: Duration,
-    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-) {
+async fn housekeeping(store: Arc<dyn idemgate_core::Store>, every: Duration) {
     const BATCH: usize = 1000;
     let records = metrics::gauge!("idemgate_records");
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
@@ -176,9 +186,6 @@ async fn housekeeping(
         }
         if let Some(n) = store.len_hint() {
             records.set(n as f64);
-        }
-        if let Some(p) = &prometheus {
-            p.run_upkeep();
         }
     }
 }

@@ -5,22 +5,32 @@
 //! - anything without `://`: a directory for the embedded durable store. Unless a secret is
 //!   configured, one is generated on first start and kept in `DIR/scope-secret` (mode 0600), so a
 //!   restart keeps replaying.
-//! - `redis://`, `rediss://`, `postgres://`, `postgresql://`: shared stores (not in this build).
+//! - `redis://…` (Redis) and `postgres://…` / `postgresql://…` (PostgreSQL): shared stores for a
+//!   fleet. They need a configured secret (every gateway of the fleet must derive the same record
+//!   ids), and the store keeps a check value so a gateway with another secret is refused at start.
 //! - any other scheme: a start-up error.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use idemgate_core::{MemoryStore, ScopeHasher, Store};
+use idemgate_core::{MemoryStore, ScopeHasher, Store, StoreError};
+use idemgate_store_postgres::PostgresStore;
 use idemgate_store_redb::RedbStore;
+use idemgate_store_redis::RedisStore;
 
 /// The store spec could not be turned into a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreSpecError {
     #[error("unknown store {0:?}: use `memory`, a directory path, redis://… or postgres://…")]
     UnknownScheme(String),
-    #[error("the {0} store is not available in this build yet")]
-    NotYet(&'static str),
+    #[error(transparent)]
+    Redis(#[from] idemgate_store_redis::OpenError),
+    #[error(transparent)]
+    Postgres(#[from] idemgate_store_postgres::OpenError),
+    #[error("a shared store needs the fleet's scope secret: set --scope-secret-file or IDEMGATE_SCOPE_SECRET on every gateway")]
+    SharedNeedsSecret,
+    #[error(transparent)]
+    Check(#[from] StoreError),
     #[error("invalid memory store option {0:?} (use memory?capacity=N)")]
     MemoryOption(String),
     #[error(transparent)]
@@ -30,7 +40,7 @@ pub enum StoreSpecError {
 }
 
 /// Opens the store named by `spec` and its scope hasher.
-pub fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, ScopeHasher), StoreSpecError> {
+pub async fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, ScopeHasher), StoreSpecError> {
     if spec == "memory" || spec.starts_with("memory?") {
         let capacity = match spec.strip_prefix("memory?") {
             None => usize::MAX,
@@ -43,11 +53,14 @@ pub fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, ScopeH
         return Ok((Arc::new(MemoryStore::with_capacity(capacity)), hasher));
     }
     if let Some((scheme, _)) = spec.split_once("://") {
-        return Err(match scheme {
-            "redis" | "rediss" => StoreSpecError::NotYet("Redis"),
-            "postgres" | "postgresql" => StoreSpecError::NotYet("PostgreSQL"),
-            _ => StoreSpecError::UnknownScheme(spec.to_string()),
-        });
+        let store: Arc<dyn Store> = match scheme {
+            "redis" | "rediss" | "redis+cluster" => Arc::new(RedisStore::connect(spec).await?),
+            "postgres" | "postgresql" => Arc::new(PostgresStore::connect(spec).await?),
+            _ => return Err(StoreSpecError::UnknownScheme(redact(spec))),
+        };
+        let hasher = ScopeHasher::new(secret.ok_or(StoreSpecError::SharedNeedsSecret)?);
+        store.check_secret(hasher.check_value()).await?;
+        return Ok((store, hasher));
     }
     let dir = Path::new(spec);
     let store = RedbStore::open(dir)?;
@@ -87,4 +100,39 @@ fn local_secret(dir: &Path) -> Result<Vec<u8>, StoreSpecError> {
     // Make the rename itself durable: losing the secret would silently stop every replay.
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(hex.into_bytes())
+}
+
+/// The store spec with any password replaced, for logs.
+pub fn redact(spec: &str) -> String {
+    let Some((scheme, rest)) = spec.split_once("://") else {
+        return spec.to_string();
+    };
+    let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    match tail {
+        Some(t) => format!("{scheme}://{authority}/{t}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact("postgres://app:hunter2@db:5432/idem"),
+            "postgres://app:***@db:5432/idem"
+        );
+        assert_eq!(redact("redis://:pw@cache:6379/0"), "redis://:***@cache:6379/0");
+        assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redact("./idemgate-data"), "./idemgate-data");
+    }
 }

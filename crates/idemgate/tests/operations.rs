@@ -333,9 +333,13 @@ async fn demo_runs_in_one_command_and_charges_once() {
     let retry = http.post(&gw.url("/payments"), "order-1001", body).await;
     assert!(retry.replayed());
     assert_eq!(retry.body, first.body);
-    http.post(&gw.url("/payments"), "order-1001", r#"{"amount":5000,"currency":"usd"}"#)
-        .await
-        .assert_problem(422, "key-reused");
+    http.post(
+        &gw.url("/payments"),
+        "order-1001",
+        r#"{"amount":5000,"currency":"usd"}"#,
+    )
+    .await
+    .assert_problem(422, "key-reused");
     let count = http.send("GET", &gw.url("/payments"), &[], "").await;
     assert_eq!(count.json()["charges"], 1);
     // The demo runs on the embedded default store, in ./idemgate-data.

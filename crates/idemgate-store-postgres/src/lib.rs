@@ -1,0 +1,703 @@
+//! idemgate's PostgreSQL store: one table shared by a fleet of gateways.
+//!
+//! - **Schema.** [`PostgresStore::connect`] creates its tables if they are missing, inside one
+//!   transaction holding `pg_advisory_xact_lock`, so any number of gateways may start at once
+//!   against a fresh database. The schema version is the `schema_version` row of `idemgate_meta`;
+//!   a database written by a newer idemgate is refused ([`OpenError::SchemaTooNew`]).
+//! - **One statement per operation.** A claim is one `INSERT … ON CONFLICT … DO UPDATE … WHERE`
+//!   statement that either takes the key (absent, or its deadline passed) or returns the live
+//!   record: a first request costs two round trips (claim, complete), a replay one. Statements are
+//!   prepared once per pooled connection, when the connection is made.
+//! - **The state machine of `idemgate_core::record`, in SQL.** Every time decision compares the
+//!   caller's `now_ms` with the row's `deadline_ms` (the database's clock is never used);
+//!   `complete` and `release` apply only to an in-flight row holding the caller's fencing token,
+//!   so a stale owner's `complete` is rejected ([`CompleteError::Fenced`]).
+//! - **Durability** is what the server's `synchronous_commit` says; the store does not change it.
+//! - **Outages.** Every operation (waiting for a pooled connection, connecting, the statement) is
+//!   bounded by one timeout ([`DEFAULT_OP_TIMEOUT`]) and answers [`StoreError::Timeout`] or
+//!   [`StoreError::Unavailable`]. A connection that failed or timed out is dropped from the pool;
+//!   the pool makes new ones when the server answers again.
+//! - **Purge.** `purge_expired` deletes at most `limit` expired rows per call (rows another
+//!   session holds locked are skipped), so the gateway's background purge stays in small batches.
+//!
+//! `--store postgres://user@host:port/db?pool_size=16&timeout_ms=2000` (or `postgresql://`):
+//! `pool_size` and `timeout_ms` are this store's options and are removed from the URL; every other
+//! parameter goes to `tokio-postgres`. Connections are made without TLS.
+#![deny(missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use idemgate_core::record::CorruptRecord;
+use idemgate_core::{
+    BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Fingerprint, Purged, Record, RecordId, Store,
+    StoreError, StoredResponse,
+};
+use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+/// Pooled connections per store unless the URL says `pool_size=N`.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// The bound on one operation unless the URL says `timeout_ms=N`.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How often a claim is retried when it raced with a concurrent writer (see [`CLAIM`]).
+const CLAIM_ATTEMPTS: usize = 5;
+
+/// The key of the transaction-scoped advisory lock held while the schema is checked or created.
+const MIGRATION_LOCK: i64 = 0x6964_656d_6761_7465; // "idemgate"
+
+/// The schema, version 1. `state`: 1 in flight, 2 completed. `token`: the owner's fencing token
+/// (a `u64` stored as the `i64` with the same bits), NULL once completed. `deadline_ms`: lease end
+/// or TTL end (Unix ms). `takeover`: the current lease took over an expired one.
+pub const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS idemgate_records (
+    id          bytea    PRIMARY KEY,
+    state       smallint NOT NULL CHECK (state IN (1, 2)),
+    fingerprint bytea    NOT NULL,
+    token       bigint,
+    deadline_ms bigint   NOT NULL,
+    response    bytea,
+    takeover    boolean  NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS idemgate_records_deadline ON idemgate_records (deadline_ms);
+";
+
+/// Claims a key in one statement. `$1` id, `$2` fingerprint, `$3` the new token, `$4` the new
+/// lease end, `$5` now.
+///
+/// The `INSERT` takes the key when no row exists, or when the row's deadline has passed
+/// (`DO UPDATE … WHERE deadline_ms <= now`, evaluated on the latest row version under its row
+/// lock, so two claims never both take it). `takeover` is computed from the replaced row. When
+/// the key is live the `INSERT` returns nothing and the second branch returns the row as the
+/// statement's snapshot sees it. That snapshot may predate a concurrent writer (the row is absent
+/// or still looks expired): the caller then retries the statement, whose new snapshot sees it.
+pub const CLAIM: &str = "
+WITH ins AS (
+    INSERT INTO idemgate_records AS r (id, state, fingerprint, token, deadline_ms, response, takeover)
+    VALUES ($1, 1, $2, $3, $4, NULL, false)
+    ON CONFLICT (id) DO UPDATE
+        SET state = 1, fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token,
+            deadline_ms = EXCLUDED.deadline_ms, response = NULL, takeover = (r.state = 1)
+        WHERE r.deadline_ms <= $5
+    RETURNING r.takeover
+)
+SELECT 0::smallint AS state, ins.takeover, NULL::bytea AS fingerprint, NULL::bigint AS deadline_ms,
+       NULL::bytea AS response
+FROM ins
+UNION ALL
+SELECT r.state, false, r.fingerprint, r.deadline_ms, r.response
+FROM idemgate_records r
+WHERE r.id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
+";
+
+/// `$1` id, `$2` token, `$3` TTL end, `$4` response. No row: the caller was fenced off.
+pub const COMPLETE: &str = "
+UPDATE idemgate_records SET state = 2, deadline_ms = $3, response = $4, token = NULL
+WHERE id = $1 AND state = 1 AND token = $2
+";
+
+/// `$1` id, `$2` token.
+pub const RELEASE: &str = "DELETE FROM idemgate_records WHERE id = $1 AND state = 1 AND token = $2";
+
+/// `$1` id.
+pub const GET: &str = "SELECT state, fingerprint, token, deadline_ms, response FROM idemgate_records WHERE id = $1";
+
+/// `$1` id.
+pub const DELETE: &str = "DELETE FROM idemgate_records WHERE id = $1";
+
+/// `$1` now, `$2` limit. The outer `deadline_ms <= $1` is re-checked on the latest row version,
+/// so a row taken over between the scan and the delete is kept.
+pub const PURGE: &str = "
+DELETE FROM idemgate_records
+WHERE deadline_ms <= $1 AND id IN (
+    SELECT id FROM idemgate_records WHERE deadline_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+";
+
+/// Liveness check.
+pub const PING: &str = "SELECT 1";
+
+/// `$1` the secret check value; kept if none is stored yet.
+pub const SECRET_INSERT: &str =
+    "INSERT INTO idemgate_meta (key, value) VALUES ('secret_check', $1) ON CONFLICT (key) DO NOTHING";
+
+/// The stored secret check value.
+pub const SECRET_SELECT: &str = "SELECT value FROM idemgate_meta WHERE key = 'secret_check'";
+
+/// Every statement, prepared on each new pooled connection.
+const STATEMENTS: [&str; 9] = [
+    CLAIM,
+    COMPLETE,
+    RELEASE,
+    GET,
+    DELETE,
+    PURGE,
+    PING,
+    SECRET_INSERT,
+    SECRET_SELECT,
+];
+
+/// Opening the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL is not a PostgreSQL connection string tokio-postgres understands.
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// One of this store's URL options has a bad value.
+    #[error("invalid PostgreSQL store option {name}={value:?}: {reason}")]
+    Option {
+        /// The option.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The connection pool could not be built.
+    #[error("cannot build the PostgreSQL connection pool: {0}")]
+    Pool(#[source] deadpool_postgres::BuildError),
+    /// The server could not be reached.
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        /// Host, port and database (no password).
+        target: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// Creating or checking the schema failed.
+    #[error("cannot create or check the idemgate schema in {target}: {source}")]
+    Migrate {
+        /// Host, port and database (no password).
+        target: String,
+        /// The cause.
+        source: tokio_postgres::Error,
+    },
+    /// The schema version row is not a number.
+    #[error("the idemgate schema version stored in {target} is not readable")]
+    BadSchemaVersion {
+        /// Host, port and database (no password).
+        target: String,
+    },
+    /// The database was written by a newer idemgate.
+    #[error("the idemgate schema in {target} is version {found}; this build understands up to {supported}")]
+    SchemaTooNew {
+        /// Host, port and database (no password).
+        target: String,
+        /// The stored version.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+}
+
+/// Store options; [`PostgresStore::connect`] reads them from the URL.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Most pooled connections.
+    pub pool_size: usize,
+    /// The bound on one operation, from waiting for a connection to the statement's answer.
+    pub op_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pool_size: DEFAULT_POOL_SIZE,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+        }
+    }
+}
+
+/// The PostgreSQL store (see the crate docs).
+pub struct PostgresStore {
+    pool: Pool,
+    op_timeout: Duration,
+    round_trips: Arc<AtomicU64>,
+    target: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits this store's options off `url`: the URL for tokio-postgres, and the options.
+pub fn parse_url(url: &str) -> Result<(String, Options), OpenError> {
+    let mut opts = Options::default();
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), opts));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "pool_size" => {
+                opts.pool_size = match v.parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => n,
+                    _ => {
+                        return Err(OpenError::Option {
+                            name: "pool_size",
+                            value: v.to_string(),
+                            reason: "expected a whole number from 1 to 1024",
+                        })
+                    }
+                }
+            }
+            "timeout_ms" => {
+                opts.op_timeout = match v.parse::<u64>() {
+                    Ok(n) if n >= 1 => Duration::from_millis(n),
+                    _ => {
+                        return Err(OpenError::Option {
+                            name: "timeout_ms",
+                            value: v.to_string(),
+                            reason: "expected a whole number of milliseconds, at least 1",
+                        })
+                    }
+                }
+            }
+            _ => kept.push(pair),
+        }
+    }
+    if kept.is_empty() {
+        Ok((base.to_string(), opts))
+    } else {
+        Ok((format!("{base}?{}", kept.join("&")), opts))
+    }
+}
+
+/// Host, port and database of a config, for messages (never the password).
+fn describe(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or("(default)"))
+}
+
+/// A deadline as an `i64` column value: deadlines past `i64::MAX` ms (in 292 million years) are
+/// kept as `i64::MAX`, which compares the same against any real clock.
+fn to_db_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn from_db_ms(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+fn fingerprint(bytes: &[u8]) -> Result<Fingerprint, CorruptRecord> {
+    bytes
+        .try_into()
+        .map(Fingerprint)
+        .map_err(|_| CorruptRecord("fingerprint is not 32 bytes"))
+}
+
+fn response(bytes: Option<Vec<u8>>) -> Result<StoredResponse, CorruptRecord> {
+    let bytes = bytes.ok_or(CorruptRecord("completed record without a response"))?;
+    StoredResponse::from_bytes(Bytes::from(bytes)).map_err(|e| CorruptRecord(e.0))
+}
+
+fn map_pg(e: &tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // 08: connection exception; 57P0x: shutdown, crash, starting up; 53300: too many clients.
+        if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+            return StoreError::Unavailable(format!("PostgreSQL: {db}"));
+        }
+        return StoreError::Backend(Box::new(db.clone()));
+    }
+    StoreError::Unavailable(format!("PostgreSQL: {e}"))
+}
+
+fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
+        }
+        None => true,
+    }
+}
+
+fn get_col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T, StoreError> {
+    row.try_get(idx).map_err(|e| StoreError::Backend(Box::new(e)))
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://` or `postgresql://`, see the crate docs), creates or checks
+    /// the schema, and returns the store.
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        let (url, opts) = parse_url(url)?;
+        Self::connect_with(&url, opts).await
+    }
+
+    /// Like [`PostgresStore::connect`], with the options given here (`url` must not carry them).
+    pub async fn connect_with(url: &str, opts: Options) -> Result<Self, OpenError> {
+        let mut cfg: tokio_postgres::Config = url.parse().map_err(OpenError::Url)?;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(opts.op_timeout);
+        }
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("idemgate");
+        }
+        let target = describe(&cfg);
+        let mgr = Manager::from_config(
+            cfg.clone(),
+            NoTls,
+            ManagerConfig {
+                // Only checks that the connection is open: no extra round trip per operation.
+                // Connections that fail are taken out of the pool by the store itself.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(opts.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(opts.op_timeout))
+            .create_timeout(Some(opts.op_timeout))
+            .recycle_timeout(Some(opts.op_timeout))
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    // Prepare every statement at once (pipelined: about one round trip).
+                    let prepared = futures_util::future::join_all(STATEMENTS.iter().map(|s| client.prepare_cached(s)));
+                    for r in prepared.await {
+                        r.map_err(HookError::Backend)?;
+                    }
+                    Ok(())
+                })
+            }))
+            .build()
+            .map_err(OpenError::Pool)?;
+        let store = Self {
+            pool,
+            op_timeout: opts.op_timeout,
+            round_trips: Arc::new(AtomicU64::new(0)),
+            target,
+        };
+        store.migrate(&cfg).await?;
+        Ok(store)
+    }
+
+    /// Creates the schema if it is missing, under the migration lock, in one transaction, on a
+    /// connection of its own (pooled connections prepare statements that need the tables).
+    async fn migrate(&self, cfg: &tokio_postgres::Config) -> Result<(), OpenError> {
+        let target = || self.target.clone();
+        let bound = self.op_timeout.max(Duration::from_secs(10));
+        let migrate_err = |source| OpenError::Migrate {
+            target: target(),
+            source,
+        };
+        let work = async {
+            let (mut client, conn) = cfg.connect(NoTls).await.map_err(|e| OpenError::Connect {
+                target: target(),
+                source: map_pg(&e),
+            })?;
+            let conn = tokio::spawn(conn);
+            let result = async {
+                let tx = client.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                    .await?;
+                tx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS idemgate_meta (key text PRIMARY KEY, value bytea NOT NULL)",
+                )
+                .await?;
+                let row = tx
+                    .query_opt("SELECT value FROM idemgate_meta WHERE key = 'schema_version'", &[])
+                    .await?;
+                let found = row.map(|r| r.try_get::<_, Vec<u8>>(0)).transpose()?;
+                if found.is_none() {
+                    tx.batch_execute(SCHEMA_V1).await?;
+                    tx.execute(
+                        "INSERT INTO idemgate_meta (key, value) VALUES ('schema_version', $1)",
+                        &[&SCHEMA_VERSION.to_string().into_bytes()],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, tokio_postgres::Error>(found)
+            }
+            .await
+            .map_err(migrate_err);
+            drop(client);
+            conn.abort();
+            result
+        };
+        let found = tokio::time::timeout(bound, work)
+            .await
+            .map_err(|_| OpenError::Connect {
+                target: target(),
+                source: StoreError::Timeout(bound),
+            })??;
+        if let Some(v) = found {
+            let version = std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .ok_or_else(|| OpenError::BadSchemaVersion { target: target() })?;
+            if version > SCHEMA_VERSION {
+                return Err(OpenError::SchemaTooNew {
+                    target: target(),
+                    found: version,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Statements this store has executed (one round trip each; preparing statements when a
+    /// pooled connection is made is not counted).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The server, port and database this store uses.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Closes the pool: idle connections are closed and later operations fail.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn connection(&self, deadline: Instant) -> Result<Object, StoreError> {
+        match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(PoolError::Timeout(_))) | Err(_) => Err(StoreError::Timeout(self.op_timeout)),
+            Ok(Err(PoolError::Backend(e))) => Err(map_pg(&e)),
+            Ok(Err(PoolError::PostCreateHook(HookError::Backend(e)))) => Err(map_pg(&e)),
+            Ok(Err(PoolError::Closed)) => Err(StoreError::Unavailable("the PostgreSQL store is closed".into())),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("PostgreSQL pool: {e}"))),
+        }
+    }
+
+    /// Runs one statement on a pooled connection, bounded by the operation timeout. A connection
+    /// that failed or did not answer in time is dropped instead of going back to the pool.
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let deadline = Instant::now() + self.op_timeout;
+        let client = self.connection(deadline).await?;
+        let work = async {
+            let st = client.prepare_cached(sql).await?;
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            client.query(&st, params).await
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => {
+                if is_connection_error(&e) {
+                    let _ = Object::take(client);
+                }
+                Err(map_pg(&e))
+            }
+            Err(_) => {
+                let _ = Object::take(client);
+                Err(StoreError::Timeout(self.op_timeout))
+            }
+        }
+    }
+
+    /// Like [`Self::query`], for a statement without result rows: the rows it changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let deadline = Instant::now() + self.op_timeout;
+        let client = self.connection(deadline).await?;
+        let work = async {
+            let st = client.prepare_cached(sql).await?;
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            client.execute(&st, params).await
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => {
+                if is_connection_error(&e) {
+                    let _ = Object::take(client);
+                }
+                Err(map_pg(&e))
+            }
+            Err(_) => {
+                let _ = Object::take(client);
+                Err(StoreError::Timeout(self.op_timeout))
+            }
+        }
+    }
+
+    async fn claim_once(&self, req: &ClaimRequest, token: FencingToken) -> Result<Option<Claim>, StoreError> {
+        let lease_until = to_db_ms(req.now_ms.saturating_add(req.lease_ms));
+        let now = to_db_ms(req.now_ms);
+        let rows = self
+            .query(
+                CLAIM,
+                &[
+                    &&req.id.0[..],
+                    &&req.fingerprint.0[..],
+                    &(token.0 as i64),
+                    &lease_until,
+                    &now,
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            // The row was written by a transaction our snapshot does not see: try again.
+            return Ok(None);
+        };
+        let state: i16 = get_col(row, 0)?;
+        if state == 0 {
+            let takeover: bool = get_col(row, 1)?;
+            return Ok(Some(Claim::Acquired { token, takeover }));
+        }
+        let fp = fingerprint(&get_col::<Vec<u8>>(row, 2)?)?;
+        let deadline: i64 = get_col(row, 3)?;
+        if deadline <= now {
+            // Our snapshot shows an expired row, yet the insert found a live one: a concurrent
+            // claim took it after our snapshot. Try again.
+            return Ok(None);
+        }
+        match state {
+            1 => Ok(Some(Claim::InFlight {
+                fingerprint: fp,
+                lease_until_ms: from_db_ms(deadline),
+            })),
+            2 => Ok(Some(Claim::Completed {
+                fingerprint: fp,
+                response: response(get_col(row, 4)?)?,
+            })),
+            _ => Err(CorruptRecord("unknown record state").into()),
+        }
+    }
+
+    async fn get_record(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
+        let rows = self.query(GET, &[&&id.0[..]]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let state: i16 = get_col(row, 0)?;
+        let fp = fingerprint(&get_col::<Vec<u8>>(row, 1)?)?;
+        let token: Option<i64> = get_col(row, 2)?;
+        let deadline = from_db_ms(get_col(row, 3)?);
+        match state {
+            1 => Ok(Some(Record::InFlight {
+                fingerprint: fp,
+                token: FencingToken(token.ok_or(CorruptRecord("in-flight record without a token"))? as u64),
+                lease_until_ms: deadline,
+            })),
+            2 => Ok(Some(Record::Completed {
+                fingerprint: fp,
+                expires_at_ms: deadline,
+                response: response(get_col(row, 4)?)?,
+            })),
+            _ => Err(CorruptRecord("unknown record state").into()),
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            let token = FencingToken::random();
+            for _ in 0..CLAIM_ATTEMPTS {
+                if let Some(claim) = self.claim_once(&req, token).await? {
+                    return Ok(claim);
+                }
+            }
+            Err(StoreError::Unavailable(format!(
+                "claim of {} kept racing with concurrent writers ({CLAIM_ATTEMPTS} attempts)",
+                req.id.to_hex()
+            )))
+        })
+    }
+
+    fn complete(
+        &self,
+        id: RecordId,
+        token: FencingToken,
+        response: StoredResponse,
+        expires_at_ms: u64,
+    ) -> BoxFuture<'_, Result<(), CompleteError>> {
+        Box::pin(async move {
+            let n = self
+                .execute(
+                    COMPLETE,
+                    &[
+                        &&id.0[..],
+                        &(token.0 as i64),
+                        &to_db_ms(expires_at_ms),
+                        &&response.as_bytes()[..],
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(CompleteError::Fenced)
+            }
+        })
+    }
+
+    fn release(&self, id: RecordId, token: FencingToken) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let n = self.execute(RELEASE, &[&&id.0[..], &(token.0 as i64)]).await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn get(&self, id: RecordId) -> BoxFuture<'_, Result<Option<Record>, StoreError>> {
+        Box::pin(self.get_record(id))
+    }
+
+    fn delete(&self, id: RecordId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.execute(DELETE, &[&&id.0[..]]).await? > 0) })
+    }
+
+    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Purged, StoreError>> {
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Purged::default());
+            }
+            let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+            let n = self.execute(PURGE, &[&to_db_ms(now_ms), &lim]).await?;
+            let removed = usize::try_from(n).unwrap_or(usize::MAX);
+            Ok(Purged {
+                removed,
+                more: removed >= limit,
+            })
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.query(PING, &[]).await.map(drop) })
+    }
+
+    fn check_secret(&self, check: [u8; 32]) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.execute(SECRET_INSERT, &[&&check[..]]).await?;
+            let rows = self.query(SECRET_SELECT, &[]).await?;
+            let stored: Vec<u8> = match rows.first() {
+                Some(row) => get_col(row, 0)?,
+                None => return Err(StoreError::Unavailable("the secret check value vanished".into())),
+            };
+            if stored == check {
+                Ok(())
+            } else {
+                Err(StoreError::SecretMismatch)
+            }
+        })
+    }
+}

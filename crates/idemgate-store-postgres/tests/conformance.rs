@@ -1,0 +1,397 @@
+//! The store contract's conformance suite against the PostgreSQL store, plus what only a shared
+//! SQL store must do: a migration that many gateways may run at once, fencing and takeover across
+//! store instances, the secret check, one round trip per operation, and recovery after an outage.
+//!
+//! One private server (see `idemgate_testkit::postgres`) is shared by every test of this file but
+//! the outage test; each test makes its own store (pools belong to one tokio runtime), and the
+//! tests that need an empty database create one.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use http::{HeaderMap, StatusCode};
+use idemgate_core::{
+    time, Claim, ClaimRequest, CompleteError, Fingerprint, Record, RecordId, ScopeHasher, Store, StoreError,
+    StoredResponse,
+};
+use idemgate_store_postgres::{parse_url, OpenError, PostgresStore, DEFAULT_POOL_SIZE};
+use idemgate_testkit::postgres::Postgres;
+
+static SERVER: OnceLock<Postgres> = OnceLock::new();
+
+/// The shared server, started by the first test that needs it.
+async fn server() -> &'static Postgres {
+    tokio::task::spawn_blocking(|| SERVER.get_or_init(Postgres::start))
+        .await
+        .expect("start PostgreSQL")
+}
+
+async fn fresh() -> Arc<PostgresStore> {
+    let url = format!("{}?pool_size=8", server().await.url());
+    Arc::new(PostgresStore::connect(&url).await.expect("connect"))
+}
+
+idemgate_store_conformance::conformance_tests!(fresh());
+
+/// A new, empty database on the shared server; its URL.
+async fn fresh_database() -> String {
+    let pg = server().await;
+    let name = format!("t_{:016x}", fastrand_u64());
+    let sql = format!("CREATE DATABASE {name}");
+    tokio::task::spawn_blocking(move || pg.psql("postgres", &sql))
+        .await
+        .expect("create database");
+    pg.url_for(&name)
+}
+
+fn fastrand_u64() -> u64 {
+    // A random id without another dependency: the scope hasher's random key.
+    let id = ScopeHasher::random().check_value();
+    u64::from_le_bytes(id[..8].try_into().expect("8 bytes"))
+}
+
+fn random_id() -> RecordId {
+    RecordId(ScopeHasher::random().check_value())
+}
+
+fn req(id: RecordId, now_ms: u64, lease_ms: u64) -> ClaimRequest {
+    ClaimRequest {
+        id,
+        fingerprint: Fingerprint([3; 32]),
+        now_ms,
+        lease_ms,
+    }
+}
+
+fn resp(body: &[u8]) -> StoredResponse {
+    StoredResponse::new(StatusCode::CREATED, &HeaderMap::new(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_is_safe_when_many_gateways_start_at_once() {
+    let url = fresh_database().await;
+    let stores = futures_join((0..8).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { PostgresStore::connect(&url).await })
+    }))
+    .await;
+    let mut ok = Vec::new();
+    for s in stores {
+        ok.push(s.expect("task").expect("every concurrent connect succeeds"));
+    }
+    // The schema exists once, with one version row, and works from every store.
+    let pg = server().await;
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    let versions = tokio::task::spawn_blocking(move || {
+        pg.psql(&db, "SELECT count(*) || ':' || max(convert_from(value, 'UTF8')) FROM idemgate_meta WHERE key = 'schema_version'")
+    })
+    .await
+    .expect("psql");
+    assert_eq!(versions.trim(), "1:1");
+    let id = random_id();
+    let now = time::now_ms();
+    assert!(matches!(
+        ok[0].claim(req(id, now, 10_000)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    for s in &ok[1..] {
+        assert!(matches!(
+            s.claim(req(id, now, 10_000)).await.unwrap(),
+            Claim::InFlight { .. }
+        ));
+    }
+}
+
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let url = fresh_database().await;
+    drop(
+        PostgresStore::connect(&url)
+            .await
+            .expect("first connect creates the schema"),
+    );
+    let pg = server().await;
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    tokio::task::spawn_blocking(move || {
+        pg.psql(
+            &db,
+            "UPDATE idemgate_meta SET value = convert_to('99', 'UTF8') WHERE key = 'schema_version'",
+        )
+    })
+    .await
+    .expect("psql");
+    match PostgresStore::connect(&url).await {
+        Err(OpenError::SchemaTooNew {
+            found: 99,
+            supported: 1,
+            ..
+        }) => {}
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_and_takeover_across_two_gateways() {
+    let url = server().await.url();
+    let a = PostgresStore::connect(&url).await.unwrap();
+    let b = PostgresStore::connect(&url).await.unwrap();
+    let now = time::now_ms();
+    let id = random_id();
+    let Claim::Acquired {
+        token: stale,
+        takeover: false,
+    } = a.claim(req(id, now, 1_000)).await.unwrap()
+    else {
+        panic!("a acquires")
+    };
+    let Claim::Acquired {
+        token: owner,
+        takeover: true,
+    } = b.claim(req(id, now + 1_000, 1_000)).await.unwrap()
+    else {
+        panic!("b takes the expired lease over")
+    };
+    assert_ne!(stale, owner);
+    assert!(matches!(
+        a.complete(id, stale, resp(b"stale"), now + 60_000).await,
+        Err(CompleteError::Fenced)
+    ));
+    assert!(!a.release(id, stale).await.unwrap());
+    b.complete(id, owner, resp(b"owner"), now + 60_000).await.unwrap();
+    match a.claim(req(id, now + 1_001, 1_000)).await.unwrap() {
+        Claim::Completed { response, .. } => assert_eq!(&response.body()[..], b"owner"),
+        other => panic!("{other:?}"),
+    }
+    // An expired completed record is replaced without counting as a takeover.
+    match a.claim(req(id, now + 60_000, 1_000)).await.unwrap() {
+        Claim::Acquired { takeover, .. } => assert!(!takeover),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_takeover_has_one_winner() {
+    let url = server().await.url();
+    let stores = [
+        Arc::new(PostgresStore::connect(&url).await.unwrap()),
+        Arc::new(PostgresStore::connect(&url).await.unwrap()),
+    ];
+    let now = time::now_ms();
+    for _ in 0..5 {
+        let id = random_id();
+        assert!(matches!(
+            stores[0].claim(req(id, now, 1)).await.unwrap(),
+            Claim::Acquired { takeover: false, .. }
+        ));
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let s = stores[i % 2].clone();
+                tokio::spawn(async move { s.claim(req(id, now + 10, 5_000)).await.expect("claim") })
+            })
+            .collect();
+        let (mut won, mut in_flight) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Claim::Acquired { takeover, .. } => {
+                    assert!(takeover, "the winner took an expired lease over");
+                    won += 1;
+                }
+                Claim::InFlight { lease_until_ms, .. } => {
+                    assert_eq!(lease_until_ms, now + 5_010, "the losers see the winner's lease");
+                    in_flight += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((won, in_flight), (1, 31));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_secret_is_refused() {
+    let url = fresh_database().await;
+    let a = PostgresStore::connect(&url).await.unwrap();
+    let b = PostgresStore::connect(&url).await.unwrap();
+    a.check_secret([1; 32]).await.unwrap();
+    b.check_secret([1; 32]).await.unwrap();
+    assert!(matches!(b.check_secret([2; 32]).await, Err(StoreError::SecretMismatch)));
+    assert!(matches!(a.check_secret([2; 32]).await, Err(StoreError::SecretMismatch)));
+    a.check_secret([1; 32]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_trip_per_operation() {
+    let s = PostgresStore::connect(&server().await.url()).await.unwrap();
+    s.ping().await.unwrap(); // makes the pooled connection and prepares the statements
+    let now = time::now_ms();
+    let id = random_id();
+    let count = |before: u64| s.round_trips() - before;
+
+    let before = s.round_trips();
+    let Claim::Acquired { token, .. } = s.claim(req(id, now, 10_000)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(count(before), 1, "claim");
+    let before = s.round_trips();
+    s.complete(id, token, resp(b"x"), now + 60_000).await.unwrap();
+    assert_eq!(count(before), 1, "complete");
+    let before = s.round_trips();
+    assert!(matches!(
+        s.claim(req(id, now, 10_000)).await.unwrap(),
+        Claim::Completed { .. }
+    ));
+    assert_eq!(count(before), 1, "replay");
+    let before = s.round_trips();
+    assert!(matches!(s.get(id).await.unwrap(), Some(Record::Completed { .. })));
+    assert!(s.delete(id).await.unwrap());
+    s.purge_expired(0, 10).await.unwrap();
+    assert_eq!(count(before), 3, "get, delete, purge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_works_in_batches() {
+    let url = fresh_database().await;
+    let s = PostgresStore::connect(&url).await.unwrap();
+    let now = time::now_ms();
+    for _ in 0..25 {
+        let id = random_id();
+        let Claim::Acquired { token, .. } = s.claim(req(id, now, 1_000)).await.unwrap() else {
+            panic!()
+        };
+        s.complete(id, token, resp(b"old"), now + 10).await.unwrap();
+    }
+    let live = random_id();
+    s.claim(req(live, now, 1_000_000)).await.unwrap();
+    let mut batches = Vec::new();
+    loop {
+        let p = s.purge_expired(now + 100, 10).await.unwrap();
+        batches.push(p.removed);
+        if !p.more {
+            break;
+        }
+        assert!(batches.len() < 10, "purge terminates");
+    }
+    assert_eq!(batches.iter().sum::<usize>(), 25);
+    assert!(batches.iter().all(|&n| n <= 10), "{batches:?}");
+    assert!(s.get(live).await.unwrap().is_some());
+    assert_eq!(s.purge_expired(now, 0).await.unwrap().removed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_and_unreachable_servers_fail_fast() {
+    assert!(matches!(
+        PostgresStore::connect("postgres://x@127.0.0.1:1/db?pool_size=zero").await,
+        Err(OpenError::Option { name: "pool_size", .. })
+    ));
+    assert!(matches!(
+        PostgresStore::connect("postgres://x@127.0.0.1:1/db?bogus_option=1").await,
+        Err(OpenError::Url(_))
+    ));
+    let port = idemgate_testkit::free_port();
+    let started = Instant::now();
+    let r = PostgresStore::connect(&format!(
+        "postgresql://postgres@127.0.0.1:{port}/postgres?timeout_ms=500"
+    ))
+    .await;
+    assert!(matches!(r, Err(OpenError::Connect { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let (url, opts) = parse_url("postgres://u@h/db?pool_size=4&sslmode=disable&timeout_ms=250").unwrap();
+    assert_eq!(url, "postgres://u@h/db?sslmode=disable");
+    assert_eq!((opts.pool_size, opts.op_timeout), (4, Duration::from_millis(250)));
+    let (url, opts) = parse_url("postgres://u@h/db").unwrap();
+    assert_eq!((url.as_str(), opts.pool_size), ("postgres://u@h/db", DEFAULT_POOL_SIZE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_fast_and_the_pool_recovers_by_itself() {
+    let mut pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let s = Arc::new(
+        PostgresStore::connect(&format!("{}?pool_size=4&timeout_ms=1000", pg.url()))
+            .await
+            .unwrap(),
+    );
+    let now = time::now_ms();
+    let id = random_id();
+    let Claim::Acquired { token, .. } = s.claim(req(id, now, 600_000)).await.unwrap() else {
+        panic!()
+    };
+    // Fill the pool with connections that the outage will break.
+    let warm: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.get(random_id()).await })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap().unwrap();
+    }
+
+    let mut pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let r = s.claim(req(random_id(), now, 10_000)).await;
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_) | StoreError::Timeout(_))),
+            "{r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    }
+    let started = Instant::now();
+    assert!(s.ping().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match s.get(id).await {
+            Ok(rec) => {
+                assert!(
+                    matches!(rec, Some(Record::InFlight { token: t, .. }) if t == token),
+                    "{rec:?}"
+                );
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the store did not recover: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Every pooled connection works again, not just one.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.ping().await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    s.complete(id, token, resp(b"after the outage"), now + 60_000)
+        .await
+        .unwrap();
+    drop(pg);
+}

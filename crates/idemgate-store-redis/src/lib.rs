@@ -1,0 +1,793 @@
+//! idemgate's shared Redis store: every gateway of a fleet claims keys in one Redis.
+//!
+//! - **One key per record.** A record is one Redis hash named `idemgate:{<64 hex id>}`; the braces
+//!   are an explicit hash tag, so whatever Redis Cluster does, all of a record lives in one slot
+//!   and every script touches exactly one key. Fields: `s` (state, `f` in flight or `c`
+//!   completed), `fp` (the 32-byte fingerprint), `t` (the fencing token, decimal; in flight only),
+//!   `d` (the deadline in Unix ms, decimal: lease end in flight, expiry once completed) and `r`
+//!   (the encoded [`StoredResponse`], completed only).
+//! - **Atomic steps.** A claim is one Lua script ([`CLAIM_LUA`]) that reads the record and decides
+//!   exactly as [`idemgate_core::record::decide_claim`] does; a complete ([`COMPLETE_LUA`]) and a
+//!   release ([`RELEASE_LUA`]) are compare-and-set on the fencing token, compared as a string
+//!   (tokens are `u64`, beyond the 2^53 a Lua number holds exactly). A gateway whose lease was
+//!   taken over can never overwrite the record of the one that took over.
+//! - **Round trips.** A first request costs two (claim, complete); a replay one (the claim script
+//!   returns the stored response). Scripts are sent with `EVALSHA` and loaded at connect; after a
+//!   Redis restart the first call of each script reloads it by itself (`NOSCRIPT` → `SCRIPT LOAD`).
+//!   [`RedisStore::round_trips`] counts commands sent, for tests and diagnostics.
+//! - **Time.** Every decision uses the caller's `now_ms`, compared with `d`. Redis's own TTLs
+//!   (`PEXPIRE`) only collect garbage: a completed record lives `d - now`, an in-flight one its
+//!   lease plus [`RedisOptions::in_flight_slack`], so a claim after the lease still sees the
+//!   record and reports a takeover. Correctness never depends on Redis's clock.
+//! - **Connections.** One multiplexed connection ([`redis::aio::ConnectionManager`]) is shared by
+//!   every request; a request waiting on a key holds no connection. After an outage it
+//!   reconnects by itself: the gateway recovers without a restart. Every command is bounded by
+//!   [`RedisOptions::timeout`], so an outage answers [`StoreError::Unavailable`] or
+//!   [`StoreError::Timeout`] quickly instead of hanging.
+//! - **Eviction.** A Redis that evicts keys under memory pressure silently forgets records (a
+//!   duplicate execution). At connect the store reads `maxmemory-policy` and warns unless it is
+//!   `noeviction` (or when `CONFIG` is refused and it cannot tell).
+//! - **Purge.** Redis expires records itself. [`Store::purge_expired`] only sweeps records that
+//!   the caller's clock already considers expired while Redis's TTL has not fired yet (clock skew,
+//!   the in-flight slack): one bounded `SCAN` step per call, its cursor carried to the next call,
+//!   so a purge tick never walks the whole keyspace.
+//!
+//! Not in this build: TLS (`rediss://`) and Redis Cluster (`redis+cluster://`); both are refused
+//! at connect with a clear [`OpenError`].
+
+#![deny(missing_docs)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use idemgate_core::record::CorruptRecord;
+use idemgate_core::{
+    BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Fingerprint, Purged, Record, RecordId, Store,
+    StoreError, StoredResponse,
+};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value};
+
+/// Prefix of every record key; the record id follows inside a `{…}` hash tag.
+pub const KEY_PREFIX: &str = "idemgate:";
+
+/// The key holding the scope-secret check value.
+pub const SECRET_CHECK_KEY: &str = "idemgate:secret-check";
+
+/// Claims a record. `KEYS[1]` the record; `ARGV`: now (ms), fingerprint, new token, lease end
+/// (ms), Redis TTL (ms). Returns `{"acquired", token, takeover 0/1}`, `{"f", fp, lease end}`,
+/// `{"c", fp, response}` or `{"corrupt", what}`.
+pub const CLAIM_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local rec = redis.call('HMGET', KEYS[1], 's', 'fp', 'd', 'r')
+local s = rec[1]
+local takeover = 0
+if s then
+  local d = tonumber(rec[3])
+  if not d then return {'corrupt', 'deadline'} end
+  if d > now then
+    if s == 'c' then
+      if not rec[4] then return {'corrupt', 'response'} end
+      return {'c', rec[2] or '', rec[4]}
+    elseif s == 'f' then
+      return {'f', rec[2] or '', rec[3]}
+    end
+    return {'corrupt', 'state'}
+  end
+  if s == 'f' then takeover = 1 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 's', 'f', 'fp', ARGV[2], 't', ARGV[3], 'd', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'acquired', ARGV[3], takeover}
+"#;
+
+/// Completes the caller's own in-flight record. `KEYS[1]` the record; `ARGV`: token, expiry
+/// (ms), encoded response, Redis TTL (ms). Returns 1, or 0 when fenced off.
+pub const COMPLETE_LUA: &str = r#"
+local rec = redis.call('HMGET', KEYS[1], 's', 't')
+if rec[1] ~= 'f' or rec[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 's', 'c', 'd', ARGV[2], 'r', ARGV[3])
+redis.call('HDEL', KEYS[1], 't')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
+/// Deletes the caller's own in-flight record. `KEYS[1]` the record; `ARGV[1]` the token.
+/// Returns 1, or 0 when the caller no longer owned it.
+pub const RELEASE_LUA: &str = r#"
+local rec = redis.call('HMGET', KEYS[1], 's', 't')
+if rec[1] ~= 'f' or rec[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// Deletes those of `KEYS` whose deadline is at or before `ARGV[1]` (ms); returns how many.
+/// Used only on a single Redis (the keys of one call may lie in several cluster slots).
+pub const PURGE_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local n = 0
+for _, k in ipairs(KEYS) do
+  local d = tonumber(redis.pcall('HGET', k, 'd'))
+  if d and d <= now then
+    redis.call('DEL', k)
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// Records the secret check value unless one is stored; returns the stored one, or nil when it
+/// just stored `ARGV[1]`.
+pub const SECRET_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return false
+"#;
+
+/// Connecting to Redis failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL is not a Redis URL this build understands.
+    #[error("invalid Redis URL {url}: {reason}")]
+    Url {
+        /// The URL, password removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `rediss://` was asked for: this build has no TLS client.
+    #[error("rediss:// (Redis over TLS) is not supported by this build of idemgate; use redis:// (for example through a TLS-terminating proxy or a private network)")]
+    TlsNotSupported,
+    /// `redis+cluster://` was asked for: this build does not speak the cluster protocol.
+    #[error("Redis Cluster (redis+cluster://) is not supported by this build of idemgate; point --store at a single Redis primary")]
+    ClusterNotSupported,
+    /// Redis did not accept the connection or a start-up command.
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        /// The URL, password removed.
+        url: String,
+        /// The cause.
+        source: RedisError,
+    },
+    /// Redis did not answer within the command timeout.
+    #[error("Redis at {url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The URL, password removed.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
+/// Tuning for [`RedisStore::connect_with`].
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Bound on every command, including waiting for a reconnect (default 2 s).
+    pub timeout: Duration,
+    /// How long past its lease an in-flight record stays in Redis, so a later claim can still
+    /// report a takeover (default 60 s). Garbage collection only: decisions use the deadline.
+    pub in_flight_slack: Duration,
+    /// Keys examined per purge call at most (default 1000).
+    pub purge_scan: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+            in_flight_slack: Duration::from_secs(60),
+            purge_scan: 1000,
+        }
+    }
+}
+
+struct Scripts {
+    claim: Script,
+    complete: Script,
+    release: Script,
+    purge: Script,
+    secret: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            claim: Script::new(CLAIM_LUA),
+            complete: Script::new(COMPLETE_LUA),
+            release: Script::new(RELEASE_LUA),
+            purge: Script::new(PURGE_LUA),
+            secret: Script::new(SECRET_LUA),
+        }
+    }
+
+    fn all(&self) -> [&Script; 5] {
+        [&self.claim, &self.complete, &self.release, &self.purge, &self.secret]
+    }
+}
+
+/// The Redis store (see the module docs).
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Scripts,
+    opts: RedisOptions,
+    round_trips: AtomicU64,
+    scan_cursor: Mutex<u64>,
+    url: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("timeout", &self.opts.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection, counting every command (or pipeline) sent as one round trip.
+struct Counted<'c> {
+    conn: ConnectionManager,
+    n: &'c AtomicU64,
+}
+
+impl ConnectionLike for Counted<'_> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+/// `redis://user:secret@host` → `redis://***@host`, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// The Redis key of a record.
+pub fn record_key(id: &RecordId) -> String {
+    format!("{KEY_PREFIX}{{{}}}", id.to_hex())
+}
+
+fn map_err(e: RedisError, timeout: Duration) -> StoreError {
+    if e.is_timeout() {
+        return StoreError::Timeout(timeout);
+    }
+    let unavailable = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Io
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        );
+    if unavailable {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+fn corrupt(what: &'static str) -> StoreError {
+    StoreError::Corrupt(CorruptRecord(what))
+}
+
+fn unexpected(v: &Value) -> StoreError {
+    let msg = format!("unexpected reply from Redis: {v:?}");
+    StoreError::Backend(msg.into())
+}
+
+fn bulk(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn parse_u64(b: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(corrupt(what))
+}
+
+fn parse_fp(b: &[u8]) -> Result<Fingerprint, StoreError> {
+    <[u8; 32]>::try_from(b)
+        .map(Fingerprint)
+        .map_err(|_| corrupt("fingerprint is not 32 bytes"))
+}
+
+fn parse_response(b: &[u8]) -> Result<StoredResponse, StoreError> {
+    StoredResponse::from_bytes(Bytes::copy_from_slice(b)).map_err(|e| corrupt(e.0))
+}
+
+fn corrupt_reason(v: Option<&Value>) -> &'static str {
+    match v.and_then(bulk) {
+        Some(b"deadline") => "deadline is not a number",
+        Some(b"response") => "completed record without a response",
+        Some(b"state") => "unknown record state",
+        _ => "corrupt record",
+    }
+}
+
+fn parse_claim(v: Value, token: FencingToken) -> Result<Claim, StoreError> {
+    let Value::Array(items) = &v else {
+        return Err(unexpected(&v));
+    };
+    match items.first().and_then(bulk) {
+        Some(b"acquired") => {
+            let takeover = items.get(2).and_then(int).ok_or_else(|| unexpected(&v))? != 0;
+            Ok(Claim::Acquired { token, takeover })
+        }
+        Some(b"f") => {
+            let fp = items.get(1).and_then(bulk).ok_or_else(|| unexpected(&v))?;
+            let d = items.get(2).and_then(bulk).ok_or_else(|| unexpected(&v))?;
+            Ok(Claim::InFlight {
+                fingerprint: parse_fp(fp)?,
+                lease_until_ms: parse_u64(d, "deadline is not a number")?,
+            })
+        }
+        Some(b"c") => {
+            let fp = items.get(1).and_then(bulk).ok_or_else(|| unexpected(&v))?;
+            let r = items.get(2).and_then(bulk).ok_or_else(|| unexpected(&v))?;
+            Ok(Claim::Completed {
+                fingerprint: parse_fp(fp)?,
+                response: parse_response(r)?,
+            })
+        }
+        Some(b"corrupt") => Err(corrupt(corrupt_reason(items.get(1)))),
+        _ => Err(unexpected(&v)),
+    }
+}
+
+/// `HMGET key s fp t d r` → the record.
+fn parse_record(v: Value) -> Result<Option<Record>, StoreError> {
+    let Value::Array(items) = &v else {
+        return Err(unexpected(&v));
+    };
+    let field = |i: usize| items.get(i).and_then(bulk);
+    let Some(state) = field(0) else {
+        return Ok(None);
+    };
+    let fingerprint = parse_fp(field(1).ok_or(corrupt("missing fingerprint"))?)?;
+    let deadline = parse_u64(field(3).ok_or(corrupt("missing deadline"))?, "deadline is not a number")?;
+    match state {
+        b"f" => Ok(Some(Record::InFlight {
+            fingerprint,
+            token: FencingToken(parse_u64(
+                field(2).ok_or(corrupt("missing token"))?,
+                "token is not a number",
+            )?),
+            lease_until_ms: deadline,
+        })),
+        b"c" => Ok(Some(Record::Completed {
+            fingerprint,
+            expires_at_ms: deadline,
+            response: parse_response(field(4).ok_or(corrupt("completed record without a response"))?)?,
+        })),
+        _ => Err(corrupt("unknown record state")),
+    }
+}
+
+/// The value of `CONFIG GET maxmemory-policy` (RESP2 array or RESP3 map).
+fn config_value(v: &Value) -> Option<String> {
+    let s = match v {
+        Value::Array(items) => items.get(1).and_then(bulk),
+        Value::Map(pairs) => pairs.first().and_then(|(_, v)| bulk(v)),
+        _ => None,
+    }?;
+    Some(String::from_utf8_lossy(s).into_owned())
+}
+
+/// One start-up step, bounded by the command timeout.
+async fn open_step<T>(url: &str, timeout: Duration, f: impl Future<Output = RedisResult<T>>) -> Result<T, OpenError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(OpenError::Connect {
+            url: url.to_owned(),
+            source,
+        }),
+        Err(_) => Err(OpenError::Timeout {
+            url: url.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+impl RedisStore {
+    /// Connects to `redis://host:port[/db]` with [`RedisOptions::default`].
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        Self::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connects to `redis://host:port[/db]` (user and password may be given in the URL), loads
+    /// the scripts and checks the eviction policy (a warning, never a failure).
+    pub async fn connect_with(url: &str, opts: RedisOptions) -> Result<Self, OpenError> {
+        let shown = redact(url);
+        let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+        match scheme.as_str() {
+            "redis" | "valkey" => {}
+            "rediss" | "valkeys" => return Err(OpenError::TlsNotSupported),
+            s if s.contains("cluster") => return Err(OpenError::ClusterNotSupported),
+            _ => {
+                return Err(OpenError::Url {
+                    url: shown,
+                    reason: "expected redis://host:port[/db]".into(),
+                })
+            }
+        }
+        let client = redis::Client::open(url).map_err(|e| OpenError::Url {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let timeout = opts.timeout;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.min(Duration::from_secs(1))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = open_step(&shown, timeout, ConnectionManager::new_with_config(client, config)).await?;
+        let store = Self {
+            conn,
+            scripts: Scripts::new(),
+            opts,
+            round_trips: AtomicU64::new(0),
+            scan_cursor: Mutex::new(0),
+            url: shown.clone(),
+        };
+        for script in store.scripts.all() {
+            let mut c = store.counted();
+            open_step(&shown, timeout, script.prepare_invoke().load_async(&mut c)).await?;
+        }
+        store.check_eviction_policy().await;
+        tracing::info!(url = %store.url, "connected to Redis");
+        Ok(store)
+    }
+
+    async fn check_eviction_policy(&self) {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let mut c = self.counted();
+        match self.bounded(cmd.query_async::<Value>(&mut c)).await {
+            Ok(v) => match config_value(&v) {
+                Some(policy) if policy == "noeviction" => {
+                    tracing::debug!(policy, "Redis eviction policy is noeviction");
+                }
+                Some(policy) => tracing::warn!(
+                    policy,
+                    url = %self.url,
+                    "Redis may evict idempotency records under memory pressure (maxmemory-policy is not \
+                     noeviction): an evicted record lets a retried request execute twice; set \
+                     maxmemory-policy noeviction"
+                ),
+                None => tracing::warn!(
+                    url = %self.url,
+                    "could not verify Redis's maxmemory-policy (empty CONFIG GET reply); unless it is \
+                     noeviction, Redis may evict idempotency records under memory pressure"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                error = %e,
+                url = %self.url,
+                "could not verify Redis's maxmemory-policy (CONFIG refused); unless it is noeviction, \
+                 Redis may evict idempotency records under memory pressure"
+            ),
+        }
+    }
+
+    /// Commands sent to Redis so far (each is one network round trip), including start-up ones
+    /// and script reloads after a Redis restart.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RedisOptions {
+        &self.opts
+    }
+
+    fn counted(&self) -> Counted<'_> {
+        Counted {
+            conn: self.conn.clone(),
+            n: &self.round_trips,
+        }
+    }
+
+    /// Runs one Redis call within the command timeout.
+    async fn bounded<T>(&self, f: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.opts.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_err(e, self.opts.timeout)),
+            Err(_) => Err(StoreError::Timeout(self.opts.timeout)),
+        }
+    }
+
+    fn slack_ms(&self) -> u64 {
+        u64::try_from(self.opts.in_flight_slack.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn claim_inner(&self, req: ClaimRequest) -> Result<Claim, StoreError> {
+        let token = FencingToken::random();
+        let lease_until = req.now_ms.saturating_add(req.lease_ms);
+        let ttl = req.lease_ms.saturating_add(self.slack_ms()).clamp(1, i64::MAX as u64);
+        let mut inv = self.scripts.claim.prepare_invoke();
+        inv.key(record_key(&req.id))
+            .arg(req.now_ms)
+            .arg(&req.fingerprint.0[..])
+            .arg(token.0)
+            .arg(lease_until)
+            .arg(ttl);
+        let mut c = self.counted();
+        let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
+        parse_claim(v, token)
+    }
+
+    async fn complete_inner(
+        &self,
+        id: RecordId,
+        token: FencingToken,
+        response: StoredResponse,
+        expires_at_ms: u64,
+    ) -> Result<(), CompleteError> {
+        let ttl = expires_at_ms
+            .saturating_sub(idemgate_core::time::now_ms())
+            .clamp(1, i64::MAX as u64);
+        let mut inv = self.scripts.complete.prepare_invoke();
+        inv.key(record_key(&id))
+            .arg(token.0)
+            .arg(expires_at_ms)
+            .arg(&response.as_bytes()[..])
+            .arg(ttl);
+        let mut c = self.counted();
+        let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
+        match int(&v) {
+            Some(1) => Ok(()),
+            Some(0) => Err(CompleteError::Fenced),
+            _ => Err(unexpected(&v).into()),
+        }
+    }
+
+    async fn release_inner(&self, id: RecordId, token: FencingToken) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(record_key(&id)).arg(token.0);
+        let mut c = self.counted();
+        let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
+        int(&v).map(|n| n == 1).ok_or_else(|| unexpected(&v))
+    }
+
+    async fn get_inner(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(record_key(&id)).arg(&["s", "fp", "t", "d", "r"][..]);
+        let mut c = self.counted();
+        let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
+        parse_record(v)
+    }
+
+    async fn delete_inner(&self, id: RecordId) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(record_key(&id));
+        let mut c = self.counted();
+        let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
+        int(&v).map(|n| n > 0).ok_or_else(|| unexpected(&v))
+    }
+
+    async fn purge_inner(&self, now_ms: u64, limit: usize) -> Result<Purged, StoreError> {
+        let limit = limit.min(self.opts.purge_scan);
+        if limit == 0 {
+            return Ok(Purged::default());
+        }
+        let cursor = *self.scan_cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{KEY_PREFIX}{{*"))
+            .arg("COUNT")
+            .arg(limit);
+        let mut c = self.counted();
+        let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
+        let (next, keys) = match &v {
+            Value::Array(items) if items.len() == 2 => {
+                let next = bulk(&items[0])
+                    .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                    .ok_or_else(|| unexpected(&v))?;
+                let Value::Array(keys) = &items[1] else {
+                    return Err(unexpected(&v));
+                };
+                let keys: Vec<&[u8]> = keys.iter().filter_map(bulk).take(limit).collect();
+                (next, keys)
+            }
+            _ => return Err(unexpected(&v)),
+        };
+        *self.scan_cursor.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        if keys.is_empty() {
+            return Ok(Purged::default());
+        }
+        let mut inv = self.scripts.purge.prepare_invoke();
+        for k in &keys {
+            inv.key(*k);
+        }
+        inv.arg(now_ms);
+        let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
+        let removed = int(&v).ok_or_else(|| unexpected(&v))?;
+        // One step per call: Redis's TTLs do the real collection, so a housekeeping tick never
+        // walks the whole keyspace; the cursor goes on from here next time.
+        Ok(Purged {
+            removed: usize::try_from(removed).unwrap_or(0),
+            more: false,
+        })
+    }
+
+    async fn check_secret_inner(&self, check: [u8; 32]) -> Result<(), StoreError> {
+        let mut inv = self.scripts.secret.prepare_invoke();
+        inv.key(SECRET_CHECK_KEY).arg(&check[..]);
+        let mut c = self.counted();
+        let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
+        match &v {
+            Value::Nil => Ok(()),
+            other => match bulk(other) {
+                Some(stored) if stored == check => Ok(()),
+                Some(_) => Err(StoreError::SecretMismatch),
+                None => Err(unexpected(other)),
+            },
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, Result<Claim, StoreError>> {
+        Box::pin(self.claim_inner(req))
+    }
+
+    fn complete(
+        &self,
+        id: RecordId,
+        token: FencingToken,
+        response: StoredResponse,
+        expires_at_ms: u64,
+    ) -> BoxFuture<'_, Result<(), CompleteError>> {
+        Box::pin(self.complete_inner(id, token, response, expires_at_ms))
+    }
+
+    fn release(&self, id: RecordId, token: FencingToken) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.release_inner(id, token))
+    }
+
+    fn get(&self, id: RecordId) -> BoxFuture<'_, Result<Option<Record>, StoreError>> {
+        Box::pin(self.get_inner(id))
+    }
+
+    fn delete(&self, id: RecordId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.delete_inner(id))
+    }
+
+    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Purged, StoreError>> {
+        Box::pin(self.purge_inner(now_ms, limit))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut c = self.counted();
+            let v: Value = self.bounded(redis::cmd("PING").query_async(&mut c)).await?;
+            match v {
+                Value::SimpleString(_) | Value::Okay | Value::BulkString(_) => Ok(()),
+                other => Err(unexpected(&other)),
+            }
+        })
+    }
+
+    fn check_secret(&self, check: [u8; 32]) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.check_secret_inner(check))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_use_an_explicit_hash_tag() {
+        let k = record_key(&RecordId([0xab; 32]));
+        assert_eq!(k, format!("idemgate:{{{}}}", "ab".repeat(32)));
+    }
+
+    #[test]
+    fn the_eviction_policy_is_read_from_either_protocol() {
+        let name = Value::BulkString(b"maxmemory-policy".to_vec());
+        let lru = Value::BulkString(b"allkeys-lru".to_vec());
+        let resp2 = Value::Array(vec![name.clone(), lru.clone()]);
+        assert_eq!(config_value(&resp2).as_deref(), Some("allkeys-lru"));
+        assert_eq!(
+            config_value(&Value::Map(vec![(name, lru)])).as_deref(),
+            Some("allkeys-lru")
+        );
+        assert_eq!(config_value(&Value::Array(vec![])), None);
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact("redis://u:pw@h:1/2"), "redis://***@h:1/2");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn replies_are_parsed_without_panics() {
+        let t = FencingToken(u64::MAX);
+        let acquired = Value::Array(vec![
+            Value::BulkString(b"acquired".to_vec()),
+            Value::BulkString(u64::MAX.to_string().into_bytes()),
+            Value::Int(1),
+        ]);
+        assert_eq!(
+            parse_claim(acquired, t).ok(),
+            Some(Claim::Acquired {
+                token: t,
+                takeover: true
+            })
+        );
+        let short_fp = Value::Array(vec![
+            Value::BulkString(b"f".to_vec()),
+            Value::BulkString(vec![1; 31]),
+            Value::BulkString(b"5".to_vec()),
+        ]);
+        assert!(matches!(parse_claim(short_fp, t), Err(StoreError::Corrupt(_))));
+        for v in [
+            Value::Nil,
+            Value::Int(3),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Nil]),
+        ] {
+            assert!(parse_claim(v.clone(), t).is_err());
+            let _ = parse_record(v);
+        }
+        let bad = Value::Array(vec![
+            Value::BulkString(b"c".to_vec()),
+            Value::BulkString(vec![1; 32]),
+            Value::Nil,
+            Value::BulkString(b"9".to_vec()),
+            Value::BulkString(vec![0xff]),
+        ]);
+        assert!(matches!(parse_record(bad), Err(StoreError::Corrupt(_))));
+    }
+}

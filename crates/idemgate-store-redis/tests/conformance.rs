@@ -1,0 +1,353 @@
+//! The store contract's conformance suite against a private `redis-server`, plus what only a
+//! shared Redis store must do: cost two round trips per first request and one per replay, fence
+//! off a gateway whose lease another gateway took over, refuse a different scope secret, and
+//! answer quickly in an outage, then recover by itself when Redis is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use idemgate_core::{
+    time, Claim, ClaimRequest, CompleteError, FencingToken, Fingerprint, Record, RecordId, Store, StoreError,
+    StoredResponse,
+};
+use idemgate_store_redis::{record_key, OpenError, RedisOptions, RedisStore};
+use idemgate_testkit::redis::RedisServer;
+
+/// A store with its own private server: the server is killed when the last handle drops.
+struct WithServer {
+    store: RedisStore,
+    _server: RedisServer,
+}
+
+impl Store for WithServer {
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+    fn claim(&self, req: ClaimRequest) -> idemgate_core::BoxFuture<'_, Result<Claim, StoreError>> {
+        self.store.claim(req)
+    }
+    fn complete(
+        &self,
+        id: RecordId,
+        token: FencingToken,
+        response: StoredResponse,
+        expires_at_ms: u64,
+    ) -> idemgate_core::BoxFuture<'_, Result<(), CompleteError>> {
+        self.store.complete(id, token, response, expires_at_ms)
+    }
+    fn release(&self, id: RecordId, token: FencingToken) -> idemgate_core::BoxFuture<'_, Result<bool, StoreError>> {
+        self.store.release(id, token)
+    }
+    fn get(&self, id: RecordId) -> idemgate_core::BoxFuture<'_, Result<Option<Record>, StoreError>> {
+        self.store.get(id)
+    }
+    fn delete(&self, id: RecordId) -> idemgate_core::BoxFuture<'_, Result<bool, StoreError>> {
+        self.store.delete(id)
+    }
+    fn purge_expired(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> idemgate_core::BoxFuture<'_, Result<idemgate_core::Purged, StoreError>> {
+        self.store.purge_expired(now_ms, limit)
+    }
+    fn ping(&self) -> idemgate_core::BoxFuture<'_, Result<(), StoreError>> {
+        self.store.ping()
+    }
+    fn check_secret(&self, check: [u8; 32]) -> idemgate_core::BoxFuture<'_, Result<(), StoreError>> {
+        self.store.check_secret(check)
+    }
+}
+
+async fn fresh() -> Arc<WithServer> {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    Arc::new(WithServer { store, _server: server })
+}
+
+idemgate_store_conformance::conformance_tests!(fresh());
+
+fn req(id: RecordId, now_ms: u64, lease_ms: u64) -> ClaimRequest {
+    ClaimRequest {
+        id,
+        fingerprint: Fingerprint([3; 32]),
+        now_ms,
+        lease_ms,
+    }
+}
+
+fn resp(body: &[u8]) -> StoredResponse {
+    StoredResponse::new(http::StatusCode::CREATED, &http::HeaderMap::new(), body)
+}
+
+#[tokio::test]
+async fn a_first_request_costs_two_round_trips_and_a_replay_one() {
+    let server = RedisServer::start();
+    let s = RedisStore::connect(&server.url()).await.unwrap();
+    let now = time::now_ms();
+    let id = RecordId([1; 32]);
+    let before = s.round_trips();
+    let Claim::Acquired { token, takeover: false } = s.claim(req(id, now, 10_000)).await.unwrap() else {
+        panic!("expected to acquire")
+    };
+    s.complete(id, token, resp(b"done"), now + 60_000).await.unwrap();
+    assert_eq!(s.round_trips() - before, 2, "claim + complete");
+    let before = s.round_trips();
+    match s.claim(req(id, now + 1, 10_000)).await.unwrap() {
+        Claim::Completed { response, .. } => assert_eq!(&response.body()[..], b"done"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.round_trips() - before, 1, "a replay is one round trip");
+}
+
+#[tokio::test]
+async fn records_are_one_hash_under_a_hash_tagged_key_with_redis_ttls() {
+    let server = RedisServer::start();
+    let s = RedisStore::connect(&server.url()).await.unwrap();
+    let probe = RedisStore::connect(&server.url()).await.unwrap();
+    let now = time::now_ms();
+    let id = RecordId([0xab; 32]);
+    let key = record_key(&id);
+    assert_eq!(key, format!("idemgate:{{{}}}", "ab".repeat(32)));
+    let Claim::Acquired { token, .. } = s.claim(req(id, now, 5_000)).await.unwrap() else {
+        panic!()
+    };
+    // The in-flight record's Redis TTL is its lease plus the slack; a completed one's its TTL.
+    let pttl = |c: redis::Client| async move {
+        let mut con = c.get_multiplexed_async_connection().await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(record_key(&id))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        ttl
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let ttl = pttl(client.clone()).await;
+    assert!(ttl > 60_000 && ttl <= 65_000, "in-flight pttl {ttl}");
+    s.complete(id, token, resp(b"x"), time::now_ms() + 30_000)
+        .await
+        .unwrap();
+    let ttl = pttl(client).await;
+    assert!(ttl > 25_000 && ttl <= 30_000, "completed pttl {ttl}");
+    assert!(matches!(probe.get(id).await.unwrap(), Some(Record::Completed { .. })));
+    // A replay does not extend anything; a deleted record is gone for every gateway.
+    assert!(probe.delete(id).await.unwrap());
+    assert!(s.get(id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_gateway_whose_lease_was_taken_over_is_fenced_off() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(&server.url()).await.unwrap();
+    let b = RedisStore::connect(&server.url()).await.unwrap();
+    let id = RecordId([2; 32]);
+    let now = time::now_ms();
+    let Claim::Acquired { token: ta, .. } = a.claim(req(id, now, 200)).await.unwrap() else {
+        panic!()
+    };
+    // While A's lease lasts, B waits.
+    assert!(matches!(
+        b.claim(req(id, now + 100, 200)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    // A's lease runs out (real time, so both gateways' clocks agree).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let Claim::Acquired { token: tb, takeover } = b.claim(req(id, time::now_ms(), 10_000)).await.unwrap() else {
+        panic!("B takes the key over")
+    };
+    assert!(takeover);
+    assert_ne!(ta, tb);
+    assert!(matches!(
+        a.complete(id, ta, resp(b"from A"), now + 60_000).await,
+        Err(CompleteError::Fenced)
+    ));
+    assert!(!a.release(id, ta).await.unwrap());
+    b.complete(id, tb, resp(b"from B"), time::now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.complete(id, ta, resp(b"from A"), now + 60_000).await,
+        Err(CompleteError::Fenced)
+    ));
+    for s in [&a, &b] {
+        match s.claim(req(id, time::now_ms(), 10_000)).await.unwrap() {
+            Claim::Completed { response, .. } => assert_eq!(&response.body()[..], b"from B"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_beyond_two_to_the_53_are_compared_exactly() {
+    // Lua numbers are doubles: 2^53 and 2^53 + 1 are equal as numbers, different as strings.
+    let server = RedisServer::start();
+    let s = RedisStore::connect(&server.url()).await.unwrap();
+    let id = RecordId([4; 32]);
+    let Claim::Acquired { token, .. } = s.claim(req(id, time::now_ms(), 10_000)).await.unwrap() else {
+        panic!()
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let big: u64 = (1 << 53) + 1;
+    let _: () = redis::cmd("HSET")
+        .arg(record_key(&id))
+        .arg("t")
+        .arg(big)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_ne!(token.0, 1 << 53);
+    assert!(matches!(
+        s.complete(id, FencingToken(1 << 53), resp(b"x"), time::now_ms() + 60_000)
+            .await,
+        Err(CompleteError::Fenced)
+    ));
+    assert!(matches!(s.get(id).await.unwrap(), Some(Record::InFlight { token, .. }) if token.0 == big));
+    s.complete(id, FencingToken(big), resp(b"x"), time::now_ms() + 60_000)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_different_scope_secret_is_refused() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(&server.url()).await.unwrap();
+    let b = RedisStore::connect(&server.url()).await.unwrap();
+    a.check_secret([1; 32]).await.unwrap();
+    a.check_secret([1; 32]).await.unwrap();
+    b.check_secret([1; 32]).await.unwrap();
+    assert!(matches!(b.check_secret([2; 32]).await, Err(StoreError::SecretMismatch)));
+}
+
+#[tokio::test]
+async fn corrupt_records_are_reported_not_panicked_on() {
+    let server = RedisServer::start();
+    let s = RedisStore::connect(&server.url()).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let now = time::now_ms();
+    let cases: [(&[&str], u8); 3] = [
+        (&["s", "c", "fp", "short", "d", "99999999999999"], 10),
+        (&["s", "f", "fp", "x", "d", "soon"], 11),
+        (&["s", "z", "d", "99999999999999"], 12),
+    ];
+    for (fields, n) in cases {
+        let id = RecordId([n; 32]);
+        let _: () = redis::cmd("HSET")
+            .arg(record_key(&id))
+            .arg(fields)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.claim(req(id, now, 1_000)).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(s.get(id).await, Err(StoreError::Corrupt(_))));
+        assert!(s.delete(id).await.unwrap(), "an operator can still delete it");
+    }
+}
+
+#[tokio::test]
+async fn urls_are_checked() {
+    assert!(matches!(
+        RedisStore::connect("rediss://127.0.0.1:1").await,
+        Err(OpenError::TlsNotSupported)
+    ));
+    assert!(matches!(
+        RedisStore::connect("redis+cluster://127.0.0.1:1,127.0.0.1:2").await,
+        Err(OpenError::ClusterNotSupported)
+    ));
+    assert!(matches!(
+        RedisStore::connect("http://127.0.0.1:1").await,
+        Err(OpenError::Url { .. })
+    ));
+    // Nothing listens there: refused quickly, not hung.
+    let port = idemgate_testkit::free_port();
+    let started = Instant::now();
+    let err = RedisStore::connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OpenError::Connect { .. } | OpenError::Timeout { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A database number selects a separate keyspace.
+    let server = RedisServer::start();
+    let db0 = RedisStore::connect(&server.url()).await.unwrap();
+    let db3 = RedisStore::connect(&format!("{}/3", server.url())).await.unwrap();
+    let id = RecordId([5; 32]);
+    let now = time::now_ms();
+    assert!(matches!(
+        db0.claim(req(id, now, 10_000)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    assert!(matches!(
+        db3.claim(req(id, now, 10_000)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_answers_quickly_and_the_store_recovers_by_itself() {
+    let mut server = RedisServer::start();
+    let opts = RedisOptions {
+        timeout: Duration::from_millis(500),
+        ..RedisOptions::default()
+    };
+    let s = RedisStore::connect_with(&server.url(), opts).await.unwrap();
+    s.ping().await.unwrap();
+    let now = time::now_ms();
+
+    server.stop();
+    for n in 0..3u8 {
+        let started = Instant::now();
+        match s.claim(req(RecordId([20 + n; 32]), now, 10_000)).await {
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
+            other => panic!("expected the outage to be reported, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "answered in {:?}",
+            started.elapsed()
+        );
+    }
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let token = loop {
+        match s.claim(req(RecordId([30; 32]), time::now_ms(), 10_000)).await {
+            Ok(Claim::Acquired { token, .. }) => break token,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "did not recover within 15 s: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Scripts were lost with the restart and are reloaded transparently.
+    s.complete(RecordId([30; 32]), token, resp(b"back"), time::now_ms() + 60_000)
+        .await
+        .unwrap();
+    s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_evicting_redis_is_warned_about_not_refused() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let s = RedisStore::connect(&server.url()).await.unwrap();
+    s.ping().await.unwrap();
+}
