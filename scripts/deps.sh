@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Finds, or installs from Debian's packages, what the tests need: redis-server and the PostgreSQL
-# server binaries (initdb, postgres). Sourced by scripts/test.sh; exports IDEMGATE_PG_BIN.
+# Finds, or installs from Debian's packages, what the tests need: redis-server and redis-cli (for
+# the cluster tests), the PostgreSQL server binaries (initdb, postgres) and nats-server (the
+# run-once worker example). Sourced by scripts/test.sh; exports IDEMGATE_PG_BIN.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+[[ -x "${IDEMGATE_NATS_SERVER:-/usr/sbin/nats-server}" ]] || command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
 if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" || ! -x "$pg_bin/postgres" ]]; then
   missing+=(postgresql)

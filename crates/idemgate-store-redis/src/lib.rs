@@ -32,24 +32,48 @@
 //!   the in-flight slack): one bounded `SCAN` step per call, its cursor carried to the next call,
 //!   so a purge tick never walks the whole keyspace.
 //!
-//! Not in this build: TLS (`rediss://`) and Redis Cluster (`redis+cluster://`); both are refused
-//! at connect with a clear [`OpenError`].
+//! - **Cluster.** `redis+cluster://h1:p1[,h2:p2,…]` speaks the Redis Cluster protocol
+//!   ([`redis::cluster_async::ClusterConnection`]: one multiplexed connection per node, redirects
+//!   and topology changes followed, nodes reconnected by themselves). Every record is one key,
+//!   so every claim, complete and release is still one script on one node, one round trip.
+//!   Scripts are loaded on every primary at connect (and reloaded on `NOSCRIPT`, e.g. on a node
+//!   added later). The purge steps through the primaries one `SCAN` step per call (the list of
+//!   primaries is asked of the cluster at the start of each pass) and checks each key it finds
+//!   with its own one-key script, a few at a time. The eviction-policy check asks every primary.
+//!   A cluster has only database 0.
+//! - **TLS.** `rediss://host:port[/db]` and `rediss+cluster://h1:p1[,…]` connect over TLS
+//!   (rustls with the `ring` crypto provider, installed as the process default unless one is
+//!   already installed). Servers are verified against the system's trusted roots; the URL option
+//!   `?ca=/path/to/ca.pem` trusts the CA certificates of that PEM file *instead* (a private
+//!   CA). The path is percent-decoded; `ca=` on a plain `redis://` URL is refused. The server's
+//!   certificate must name the host as written in the URL (an IP address needs an IP SAN).
+//!   Client certificates (mutual TLS) are not configurable here.
+//!
+//! URLs: `redis://[user:password@]host:port[/db]`, `rediss://…[?ca=PATH]`,
+//! `redis+cluster://[user:password@]h1:p1[,h2:p2,…]`, `rediss+cluster://…[?ca=PATH]`; the
+//! `valkey` spellings (`valkey://`, `valkeys://`, `valkey+cluster://`, `valkeys+cluster://`) are
+//! the same. Other query options are passed to the redis crate (e.g. `?protocol=resp3`).
 
 #![deny(missing_docs)]
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idemgate_core::record::CorruptRecord;
 use idemgate_core::{
     BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Fingerprint, Purged, Record, RecordId, Store,
     StoreError, StoredResponse,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, TlsCertificates, Value};
 
 /// Prefix of every record key; the record id follows inside a `{…}` hash tag.
 pub const KEY_PREFIX: &str = "idemgate:";
@@ -106,7 +130,8 @@ return 1
 "#;
 
 /// Deletes those of `KEYS` whose deadline is at or before `ARGV[1]` (ms); returns how many.
-/// Used only on a single Redis (the keys of one call may lie in several cluster slots).
+/// On a single Redis one call takes every key a `SCAN` step found; on a cluster (where the keys
+/// of one call must share a slot) it is called with one key at a time.
 pub const PURGE_LUA: &str = r#"
 local now = tonumber(ARGV[1])
 local n = 0
@@ -141,12 +166,14 @@ pub enum OpenError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `rediss://` was asked for: this build has no TLS client.
-    #[error("rediss:// (Redis over TLS) is not supported by this build of idemgate; use redis:// (for example through a TLS-terminating proxy or a private network)")]
-    TlsNotSupported,
-    /// `redis+cluster://` was asked for: this build does not speak the cluster protocol.
-    #[error("Redis Cluster (redis+cluster://) is not supported by this build of idemgate; point --store at a single Redis primary")]
-    ClusterNotSupported,
+    /// The TLS set-up failed: the `ca=` file cannot be read or holds no usable certificate.
+    #[error("cannot set up TLS for Redis at {url}: {reason}")]
+    Tls {
+        /// The URL, password removed.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Redis did not accept the connection or a start-up command.
     #[error("cannot connect to Redis at {url}: {source}")]
     Connect {
@@ -213,11 +240,12 @@ impl Scripts {
 
 /// The Redis store (see the module docs).
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Scripts,
     opts: RedisOptions,
     round_trips: AtomicU64,
     scan_cursor: Mutex<u64>,
+    cluster_scan: Mutex<ClusterScan>,
     url: String,
 }
 
@@ -225,15 +253,71 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("url", &self.url)
+            .field("cluster", &self.is_cluster())
             .field("timeout", &self.opts.timeout)
             .finish_non_exhaustive()
     }
 }
 
+/// The shared multiplexed connection: one Redis, or every node of a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the cluster purge is: the primaries of this pass, the one being scanned, its cursor.
+#[derive(Clone, Debug, Default)]
+struct ClusterScan {
+    nodes: Vec<(String, u16)>,
+    node: usize,
+    cursor: u64,
+}
+
 /// The connection, counting every command (or pipeline) sent as one round trip.
 struct Counted<'c> {
-    conn: ConnectionManager,
+    conn: Conn,
     n: &'c AtomicU64,
+}
+
+impl Counted<'_> {
+    /// Sends `cmd` to the cluster node(s) `routing` names (one round trip per node, counted as
+    /// one: the nodes are asked in parallel). On a single Redis the routing is ignored.
+    async fn route(&mut self, cmd: Cmd, routing: RoutingInfo) -> RedisResult<Value> {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        match &mut self.conn {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => c.route_command(cmd, routing).await,
+        }
+    }
 }
 
 impl ConnectionLike for Counted<'_> {
@@ -254,6 +338,164 @@ impl ConnectionLike for Counted<'_> {
 
     fn get_db(&self) -> i64 {
         self.conn.get_db()
+    }
+}
+
+/// A store URL taken apart (see the module docs for the forms).
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// `rediss`/`valkeys`: connect over TLS.
+    tls: bool,
+    /// `+cluster`: speak the cluster protocol.
+    cluster: bool,
+    /// URLs the redis crate understands: the one server, or every seed node of a cluster.
+    nodes: Vec<String>,
+    /// `?ca=`: trust these CA certificates instead of the system's.
+    ca: Option<PathBuf>,
+}
+
+/// Every URL scheme the Redis store accepts.
+pub const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+    "valkey",
+    "valkeys",
+    "valkey+cluster",
+    "valkeys+cluster",
+];
+
+/// Whether `url` names the Redis store (by its scheme; the rest is checked at connect).
+pub fn is_redis_url(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+fn parse_target(url: &str) -> Result<Target, String> {
+    const FORMS: &str = "expected redis://host:port[/db], rediss://host:port[/db][?ca=PATH], \
+                         redis+cluster://host:port[,host:port…] or rediss+cluster://…[?ca=PATH]";
+    let (scheme, rest) = url.split_once("://").ok_or(FORMS)?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (base, cluster) = match scheme.strip_suffix("+cluster") {
+        Some(base) => (base, true),
+        None => (scheme.as_str(), false),
+    };
+    let tls = match base {
+        "redis" | "valkey" => false,
+        "rediss" | "valkeys" => true,
+        _ => return Err(FORMS.into()),
+    };
+    if rest.contains('#') {
+        return Err("URL fragments are not supported".into());
+    }
+    let (location, query) = match rest.split_once('?') {
+        Some((l, q)) => (l, Some(q)),
+        None => (rest, None),
+    };
+    let mut ca = None;
+    let mut passed = Vec::new();
+    for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ca", path)) => {
+                if !tls {
+                    return Err("ca= applies only to rediss:// (TLS) URLs".into());
+                }
+                let path = percent_encoding::percent_decode_str(path)
+                    .decode_utf8()
+                    .map_err(|_| "ca= is not UTF-8 once percent-decoded")?;
+                if path.is_empty() {
+                    return Err("ca= needs the path of a PEM file".into());
+                }
+                ca = Some(PathBuf::from(path.into_owned()));
+            }
+            _ => passed.push(pair),
+        }
+    }
+    let query = if passed.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", passed.join("&"))
+    };
+    if !cluster {
+        return Ok(Target {
+            tls,
+            cluster,
+            nodes: vec![format!("{base}://{location}{query}")],
+            ca,
+        });
+    }
+    let (authority, db) = match location.split_once('/') {
+        Some((a, db)) => (a, db),
+        None => (location, ""),
+    };
+    if !matches!(db, "" | "0") {
+        return Err("a Redis Cluster has only database 0".into());
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .map(|h| {
+            if h.is_empty() {
+                Err("empty host in the cluster node list".to_owned())
+            } else {
+                Ok(format!("{base}://{userinfo}{h}{query}"))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Target {
+        tls,
+        cluster,
+        nodes,
+        ca,
+    })
+}
+
+/// Installs rustls's `ring` provider as the process default, unless one is installed already.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// The `ca=` file as the redis crate wants it, checked to hold at least one certificate.
+fn read_ca(path: &std::path::Path) -> Result<TlsCertificates, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read ca={}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("ca={} holds no PEM certificate", path.display()));
+    }
+    Ok(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    })
+}
+
+/// `host:port` (as the cluster client names a node) → its parts.
+fn node_addr(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// `SCAN` reply → next cursor and up to `limit` keys.
+fn parse_scan(v: &Value, limit: usize) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+    match v {
+        Value::Array(items) if items.len() == 2 => {
+            let next = bulk(&items[0])
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                .ok_or_else(|| unexpected(v))?;
+            let Value::Array(keys) = &items[1] else {
+                return Err(unexpected(v));
+            };
+            let keys = keys.iter().filter_map(bulk).take(limit).map(<[u8]>::to_vec).collect();
+            Ok((next, keys))
+        }
+        _ => Err(unexpected(v)),
     }
 }
 
@@ -282,8 +524,12 @@ fn map_err(e: RedisError, timeout: Duration) -> StoreError {
             e.kind(),
             ErrorKind::Io
                 | ErrorKind::ClusterConnectionNotFound
+                // A redirect that reaches us is one the cluster client could not follow (the
+                // slot's owner is unreachable or the slot is moving): the record is unavailable.
                 | ErrorKind::Server(
                     ServerErrorKind::BusyLoading
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
                         | ServerErrorKind::TryAgain
                         | ServerErrorKind::ClusterDown
                         | ServerErrorKind::MasterDown
@@ -432,62 +678,106 @@ async fn open_step<T>(url: &str, timeout: Duration, f: impl Future<Output = Redi
 }
 
 impl RedisStore {
-    /// Connects to `redis://host:port[/db]` with [`RedisOptions::default`].
+    /// Connects to the Redis (or Redis Cluster) `url` names (see the module docs for the URL
+    /// forms) with [`RedisOptions::default`].
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
 
-    /// Connects to `redis://host:port[/db]` (user and password may be given in the URL), loads
-    /// the scripts and checks the eviction policy (a warning, never a failure).
+    /// Connects to `url` (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`; user
+    /// and password may be given in the URL), loads the scripts and checks the eviction policy
+    /// (a warning, never a failure).
     pub async fn connect_with(url: &str, opts: RedisOptions) -> Result<Self, OpenError> {
         let shown = redact(url);
-        let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
-        match scheme.as_str() {
-            "redis" | "valkey" => {}
-            "rediss" | "valkeys" => return Err(OpenError::TlsNotSupported),
-            s if s.contains("cluster") => return Err(OpenError::ClusterNotSupported),
-            _ => {
-                return Err(OpenError::Url {
-                    url: shown,
-                    reason: "expected redis://host:port[/db]".into(),
-                })
-            }
-        }
-        let client = redis::Client::open(url).map_err(|e| OpenError::Url {
+        let target = parse_target(url).map_err(|reason| OpenError::Url {
+            url: shown.clone(),
+            reason,
+        })?;
+        let tls_error = |reason: String| OpenError::Tls {
+            url: shown.clone(),
+            reason,
+        };
+        let url_error = |e: RedisError| OpenError::Url {
             url: shown.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        if target.tls {
+            ensure_crypto_provider();
+        }
+        let certs = target.ca.as_deref().map(read_ca).transpose().map_err(tls_error)?;
         let timeout = opts.timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.min(Duration::from_secs(1))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = open_step(&shown, timeout, ConnectionManager::new_with_config(client, config)).await?;
+        let connect_timeout = timeout.min(Duration::from_secs(1));
+        let conn = if target.cluster {
+            let mut builder = ClusterClientBuilder::new(target.nodes.iter().map(String::as_str))
+                .connection_timeout(connect_timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .min_retry_wait(20)
+                .max_retry_wait(500);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(url_error)?;
+            Conn::Cluster(open_step(&shown, timeout, client.get_async_connection()).await?)
+        } else {
+            let node = target.nodes.first().map(String::as_str).unwrap_or_default();
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(node, certs),
+                None => redis::Client::open(node),
+            }
+            .map_err(url_error)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_min_delay(Duration::from_millis(20))
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(open_step(&shown, timeout, ConnectionManager::new_with_config(client, config)).await?)
+        };
         let store = Self {
             conn,
             scripts: Scripts::new(),
             opts,
             round_trips: AtomicU64::new(0),
             scan_cursor: Mutex::new(0),
+            cluster_scan: Mutex::new(ClusterScan::default()),
             url: shown.clone(),
         };
+        // On a cluster `SCRIPT LOAD` goes to every node.
         for script in store.scripts.all() {
             let mut c = store.counted();
             open_step(&shown, timeout, script.prepare_invoke().load_async(&mut c)).await?;
         }
         store.check_eviction_policy().await;
-        tracing::info!(url = %store.url, "connected to Redis");
+        tracing::info!(url = %store.url, cluster = target.cluster, tls = target.tls, "connected to Redis");
         Ok(store)
+    }
+
+    /// Whether the store speaks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     async fn check_eviction_policy(&self) {
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory-policy");
         let mut c = self.counted();
-        match self.bounded(cmd.query_async::<Value>(&mut c)).await {
-            Ok(v) => match config_value(&v) {
+        // Every primary of a cluster answers, in a map by node address.
+        let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let replies = match self.bounded(c.route(cmd, all)).await {
+            Ok(Value::Map(by_node)) if self.is_cluster() => Ok(by_node.into_iter().map(|(_, v)| v).collect()),
+            Ok(v) => Ok(vec![v]),
+            Err(e) => Err(e),
+        };
+        let policy = replies.map(|vs| {
+            // The first node that is not `noeviction` (or cannot tell) decides the warning.
+            vs.iter()
+                .map(config_value)
+                .find(|p| p.as_deref() != Some("noeviction"))
+                .unwrap_or_else(|| Some("noeviction".to_owned()))
+        });
+        match policy {
+            Ok(policy) => match policy {
                 Some(policy) if policy == "noeviction" => {
                     tracing::debug!(policy, "Redis eviction policy is noeviction");
                 }
@@ -614,45 +904,112 @@ impl RedisStore {
         if limit == 0 {
             return Ok(Purged::default());
         }
-        let cursor = *self.scan_cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let removed = if self.is_cluster() {
+            self.purge_cluster(now_ms, limit).await?
+        } else {
+            self.purge_single(now_ms, limit).await?
+        };
+        // One step per call: Redis's TTLs do the real collection, so a housekeeping tick never
+        // walks the whole keyspace; the cursor goes on from here next time.
+        Ok(Purged { removed, more: false })
+    }
+
+    fn scan_cmd(cursor: u64, limit: usize) -> Cmd {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor)
             .arg("MATCH")
             .arg(format!("{KEY_PREFIX}{{*"))
             .arg("COUNT")
             .arg(limit);
+        cmd
+    }
+
+    /// One `SCAN` step, then one script over every key found.
+    async fn purge_single(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let cursor = *self.scan_cursor.lock().unwrap_or_else(|p| p.into_inner());
         let mut c = self.counted();
-        let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
-        let (next, keys) = match &v {
-            Value::Array(items) if items.len() == 2 => {
-                let next = bulk(&items[0])
-                    .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
-                    .ok_or_else(|| unexpected(&v))?;
-                let Value::Array(keys) = &items[1] else {
-                    return Err(unexpected(&v));
-                };
-                let keys: Vec<&[u8]> = keys.iter().filter_map(bulk).take(limit).collect();
-                (next, keys)
-            }
-            _ => return Err(unexpected(&v)),
-        };
+        let v: Value = self.bounded(Self::scan_cmd(cursor, limit).query_async(&mut c)).await?;
+        let (next, keys) = parse_scan(&v, limit)?;
         *self.scan_cursor.lock().unwrap_or_else(|p| p.into_inner()) = next;
         if keys.is_empty() {
-            return Ok(Purged::default());
+            return Ok(0);
         }
         let mut inv = self.scripts.purge.prepare_invoke();
         for k in &keys {
-            inv.key(*k);
+            inv.key(&k[..]);
         }
         inv.arg(now_ms);
         let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
         let removed = int(&v).ok_or_else(|| unexpected(&v))?;
-        // One step per call: Redis's TTLs do the real collection, so a housekeeping tick never
-        // walks the whole keyspace; the cursor goes on from here next time.
-        Ok(Purged {
-            removed: usize::try_from(removed).unwrap_or(0),
-            more: false,
-        })
+        Ok(usize::try_from(removed).unwrap_or(0))
+    }
+
+    /// One `SCAN` step on one primary (the primaries take turns, a pass at a time), then one
+    /// one-key script per key found, a few at a time: keys of different slots cannot share a
+    /// script on a cluster.
+    async fn purge_cluster(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        // Copied out: the lock is never held across an await.
+        let mut scan = self.cluster_scan.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut c = self.counted();
+        if scan.node >= scan.nodes.len() {
+            // A new pass: ask the cluster for its primaries (a map keyed by node address).
+            let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+            let v = self.bounded(c.route(redis::cmd("PING"), all)).await?;
+            let Value::Map(by_node) = &v else {
+                return Err(unexpected(&v));
+            };
+            let mut nodes: Vec<(String, u16)> = by_node
+                .iter()
+                .filter_map(|(addr, _)| bulk(addr))
+                .filter_map(|a| node_addr(std::str::from_utf8(a).ok()?))
+                .collect();
+            nodes.sort();
+            if nodes.is_empty() {
+                return Err(unexpected(&v));
+            }
+            scan = ClusterScan {
+                nodes,
+                node: 0,
+                cursor: 0,
+            };
+        }
+        let Some((host, port)) = scan.nodes.get(scan.node).cloned() else {
+            return Ok(0);
+        };
+        let on_node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let step = self.bounded(c.route(Self::scan_cmd(scan.cursor, limit), on_node)).await;
+        let (next, keys) = match step.and_then(|v| parse_scan(&v, limit)) {
+            Ok(found) => found,
+            Err(e) => {
+                // The node may have gone: start a fresh pass next time.
+                *self.cluster_scan.lock().unwrap_or_else(|p| p.into_inner()) = ClusterScan::default();
+                return Err(e);
+            }
+        };
+        if next == 0 {
+            scan.node += 1;
+        }
+        scan.cursor = next;
+        *self.cluster_scan.lock().unwrap_or_else(|p| p.into_inner()) = scan;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let script = &self.scripts.purge;
+        let n = &self.round_trips;
+        let conn = &self.conn;
+        let each = stream::iter(keys)
+            .map(|k| async move {
+                let mut inv = script.prepare_invoke();
+                inv.key(k).arg(now_ms);
+                let mut c = Counted { conn: conn.clone(), n };
+                inv.invoke_async::<Value>(&mut c).await
+            })
+            .buffer_unordered(16)
+            .try_fold(
+                0usize,
+                |sum, v| async move { Ok(sum + usize::from(int(&v) == Some(1))) },
+            );
+        self.bounded(each).await
     }
 
     async fn check_secret_inner(&self, check: [u8; 32]) -> Result<(), StoreError> {
@@ -743,6 +1100,68 @@ mod tests {
             Some("allkeys-lru")
         );
         assert_eq!(config_value(&Value::Array(vec![])), None);
+    }
+
+    #[test]
+    fn urls_are_taken_apart() {
+        let t = parse_target("redis://u:pw@h:1/2?protocol=resp3").unwrap();
+        assert_eq!(
+            t,
+            Target {
+                tls: false,
+                cluster: false,
+                nodes: vec!["redis://u:pw@h:1/2?protocol=resp3".into()],
+                ca: None
+            }
+        );
+        let t = parse_target("REDISS://h:1?ca=/etc/my%20ca.pem").unwrap();
+        assert!(t.tls && !t.cluster);
+        assert_eq!(t.nodes, ["rediss://h:1"]);
+        assert_eq!(t.ca, Some(PathBuf::from("/etc/my ca.pem")));
+        let t = parse_target("rediss+cluster://u:p@a:1, b:2,[::1]:3/0?ca=/ca.pem&protocol=resp3").unwrap();
+        assert!(t.tls && t.cluster);
+        assert_eq!(
+            t.nodes,
+            [
+                "rediss://u:p@a:1?protocol=resp3",
+                "rediss://u:p@b:2?protocol=resp3",
+                "rediss://u:p@[::1]:3?protocol=resp3"
+            ]
+        );
+        assert_eq!(parse_target("valkey+cluster://a:1").unwrap().nodes, ["valkey://a:1"]);
+        for bad in [
+            "",
+            "redis",
+            "http://h:1",
+            "redis+sentinel://h:1",
+            "redis+cluster://",
+            "redis+cluster://a:1,",
+            "redis+cluster://a:1/1",
+            "redis://h:1?ca=/x.pem",
+            "rediss://h:1?ca=",
+            "rediss://h:1?ca=%ff",
+            "rediss://h:1#insecure",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+        assert!(is_redis_url("rediss+cluster://a:1"));
+        assert!(is_redis_url("Redis://a:1"));
+        assert!(!is_redis_url("postgres://a:1"));
+        assert_eq!(node_addr("127.0.0.1:7000"), Some(("127.0.0.1".into(), 7000)));
+        assert_eq!(node_addr("::1:7000"), Some(("::1".into(), 7000)));
+        assert_eq!(node_addr("nope"), None);
+    }
+
+    #[test]
+    fn scan_replies_are_parsed_without_panics() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"17".to_vec()),
+            Value::Array(vec![Value::BulkString(b"a".to_vec()), Value::BulkString(b"b".to_vec())]),
+        ]);
+        assert_eq!(parse_scan(&v, 1).unwrap(), (17, vec![b"a".to_vec()]));
+        for bad in [Value::Nil, Value::Array(vec![Value::Int(1), Value::Nil])] {
+            assert!(parse_scan(&bad, 10).is_err());
+        }
     }
 
     #[test]

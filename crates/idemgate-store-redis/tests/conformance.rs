@@ -15,56 +15,13 @@ use idemgate_core::{
 use idemgate_store_redis::{record_key, OpenError, RedisOptions, RedisStore};
 use idemgate_testkit::redis::RedisServer;
 
-/// A store with its own private server: the server is killed when the last handle drops.
-struct WithServer {
-    store: RedisStore,
-    _server: RedisServer,
-}
+mod support;
+use support::WithServer;
 
-impl Store for WithServer {
-    fn kind(&self) -> &'static str {
-        self.store.kind()
-    }
-    fn claim(&self, req: ClaimRequest) -> idemgate_core::BoxFuture<'_, Result<Claim, StoreError>> {
-        self.store.claim(req)
-    }
-    fn complete(
-        &self,
-        id: RecordId,
-        token: FencingToken,
-        response: StoredResponse,
-        expires_at_ms: u64,
-    ) -> idemgate_core::BoxFuture<'_, Result<(), CompleteError>> {
-        self.store.complete(id, token, response, expires_at_ms)
-    }
-    fn release(&self, id: RecordId, token: FencingToken) -> idemgate_core::BoxFuture<'_, Result<bool, StoreError>> {
-        self.store.release(id, token)
-    }
-    fn get(&self, id: RecordId) -> idemgate_core::BoxFuture<'_, Result<Option<Record>, StoreError>> {
-        self.store.get(id)
-    }
-    fn delete(&self, id: RecordId) -> idemgate_core::BoxFuture<'_, Result<bool, StoreError>> {
-        self.store.delete(id)
-    }
-    fn purge_expired(
-        &self,
-        now_ms: u64,
-        limit: usize,
-    ) -> idemgate_core::BoxFuture<'_, Result<idemgate_core::Purged, StoreError>> {
-        self.store.purge_expired(now_ms, limit)
-    }
-    fn ping(&self) -> idemgate_core::BoxFuture<'_, Result<(), StoreError>> {
-        self.store.ping()
-    }
-    fn check_secret(&self, check: [u8; 32]) -> idemgate_core::BoxFuture<'_, Result<(), StoreError>> {
-        self.store.check_secret(check)
-    }
-}
-
-async fn fresh() -> Arc<WithServer> {
+async fn fresh() -> Arc<WithServer<RedisServer>> {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.expect("connect");
-    Arc::new(WithServer { store, _server: server })
+    Arc::new(WithServer { store, guard: server })
 }
 
 idemgate_store_conformance::conformance_tests!(fresh());
@@ -253,18 +210,39 @@ async fn corrupt_records_are_reported_not_panicked_on() {
 
 #[tokio::test]
 async fn urls_are_checked() {
+    for bad in [
+        "http://127.0.0.1:1",
+        "redis:/127.0.0.1:1",
+        "redis+cluster://",
+        "redis+cluster://127.0.0.1:1,,127.0.0.1:2",
+        "redis+cluster://127.0.0.1:1/3",
+        "redis://127.0.0.1:1?ca=/tmp/ca.pem",
+        "rediss://127.0.0.1:1?ca=",
+        "rediss://127.0.0.1:1#insecure",
+    ] {
+        assert!(
+            matches!(RedisStore::connect(bad).await, Err(OpenError::Url { .. })),
+            "{bad}"
+        );
+    }
     assert!(matches!(
-        RedisStore::connect("rediss://127.0.0.1:1").await,
-        Err(OpenError::TlsNotSupported)
+        RedisStore::connect("rediss://127.0.0.1:1?ca=/nonexistent/ca.pem").await,
+        Err(OpenError::Tls { .. })
     ));
-    assert!(matches!(
-        RedisStore::connect("redis+cluster://127.0.0.1:1,127.0.0.1:2").await,
-        Err(OpenError::ClusterNotSupported)
-    ));
-    assert!(matches!(
-        RedisStore::connect("http://127.0.0.1:1").await,
-        Err(OpenError::Url { .. })
-    ));
+    // TLS and cluster URLs are accepted; nothing listens there: refused quickly.
+    for url in [
+        "rediss://127.0.0.1:1",
+        "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+        "rediss+cluster://127.0.0.1:1",
+    ] {
+        let started = Instant::now();
+        let err = RedisStore::connect(url).await.unwrap_err();
+        assert!(
+            matches!(err, OpenError::Connect { .. } | OpenError::Timeout { .. }),
+            "{url}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{url}");
+    }
     // Nothing listens there: refused quickly, not hung.
     let port = idemgate_testkit::free_port();
     let started = Instant::now();

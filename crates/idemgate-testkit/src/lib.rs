@@ -4,6 +4,7 @@
 //! check what happens in an outage. The machine's own services are never used.
 #![allow(missing_docs)]
 
+pub mod nats;
 pub mod postgres;
 pub mod redis;
 

@@ -5,6 +5,12 @@
 //! `noeviction` policy the Redis store asks for. The server is killed when its handle drops;
 //! [`RedisServer::stop`] and [`RedisServer::restart`] simulate an outage and a recovery on the
 //! same port, so a client that reconnects by itself can be tested.
+//!
+//! [`cluster::RedisCluster`] starts a three-primary Redis Cluster the same way, and
+//! [`tls::TlsRedisServer`] a server that speaks only TLS, with a throwaway CA.
+
+pub mod cluster;
+pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -14,7 +20,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 /// How long a starting server may take to accept connections.
-const START_WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const START_WITHIN: Duration = Duration::from_secs(10);
 
 /// A private `redis-server` (see the module docs).
 #[derive(Debug)]
@@ -97,8 +103,14 @@ impl Drop for RedisServer {
 }
 
 fn spawn_redis(port: u16, dir: &Path) -> Child {
+    spawn_redis_with(dir, &["--port".to_owned(), port.to_string()])
+}
+
+/// Runs `redis-server` in `dir` on 127.0.0.1 without persistence, with `args` (ports, TLS,
+/// cluster mode) added.
+pub(crate) fn spawn_redis_with(dir: &Path, args: &[String]) -> Child {
     Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+        .args(args)
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])

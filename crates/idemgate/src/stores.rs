@@ -5,7 +5,7 @@
 //! - anything without `://`: a directory for the embedded durable store. Unless a secret is
 //!   configured, one is generated on first start and kept in `DIR/scope-secret` (mode 0600), so a
 //!   restart keeps replaying.
-//! - `redis://…` (Redis) and `postgres://…` / `postgresql://…` (PostgreSQL): shared stores for a
+//! - `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` (Redis, TLS, Cluster) and `postgres://…` / `postgresql://…` (PostgreSQL): shared stores for a
 //!   fleet. They need a configured secret (every gateway of the fleet must derive the same record
 //!   ids), and the store keeps a check value so a gateway with another secret is refused at start.
 //! - any other scheme: a start-up error.
@@ -54,8 +54,8 @@ pub async fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, 
     }
     if let Some((scheme, _)) = spec.split_once("://") {
         let store: Arc<dyn Store> = match scheme {
-            "redis" | "rediss" | "redis+cluster" => Arc::new(RedisStore::connect(spec).await?),
             "postgres" | "postgresql" => Arc::new(PostgresStore::connect(spec).await?),
+            _ if idemgate_store_redis::is_redis_url(spec) => Arc::new(RedisStore::connect(spec).await?),
             _ => return Err(StoreSpecError::UnknownScheme(redact(spec))),
         };
         let hasher = ScopeHasher::new(secret.ok_or(StoreSpecError::SharedNeedsSecret)?);
