@@ -26,6 +26,11 @@ use tower::Layer;
 
 use crate::settings::{ServeArgs, Settings};
 
+/// mimalloc: per-thread free lists suit a proxy's many short-lived buffers (glibc's malloc spent
+/// about 13 % of a new-key profile consolidating chunks; docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const AFTER_HELP: &str = "\
 Every flag can also be set with an IDEMGATE_* environment variable (--lock-timeout is
 IDEMGATE_LOCK_TIMEOUT) or in the --config TOML file (lock_timeout = \"60s\"), which can also hold

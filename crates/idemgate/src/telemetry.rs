@@ -35,9 +35,11 @@ impl Batched {
         self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes what is buffered; returns false once closed and drained.
-    fn drain(&self, out: &mut impl Write) -> bool {
-        let (bytes, dropped, closed) = {
+    /// Writes what is buffered; returns false once closed and drained. `spare` is swapped with
+    /// the shared buffer, so both keep their capacity and steady logging allocates nothing.
+    fn drain(&self, out: &mut impl Write, spare: &mut Vec<u8>) -> bool {
+        spare.clear();
+        let (dropped, closed) = {
             let mut b = self.lock();
             if b.bytes.is_empty() && b.dropped == 0 && !b.closed {
                 b = self
@@ -47,14 +49,15 @@ impl Batched {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
-            (std::mem::take(&mut b.bytes), std::mem::take(&mut b.dropped), b.closed)
+            std::mem::swap(&mut b.bytes, spare);
+            (std::mem::take(&mut b.dropped), b.closed)
         };
         if dropped > 0 {
             let _ = writeln!(out, "idemgate: {dropped} log lines dropped (log output too slow)");
         }
-        let _ = out.write_all(&bytes);
+        let _ = out.write_all(spare);
         let _ = out.flush();
-        !(closed && bytes.is_empty())
+        !(closed && spare.is_empty())
     }
 }
 
@@ -102,7 +105,8 @@ pub fn init_logs(json: bool) -> LogGuard {
             .name("idemgate-log".into())
             .spawn(move || {
                 let mut err = std::io::stderr();
-                while buffer.drain(&mut err) {}
+                let mut spare = Vec::new();
+                while buffer.drain(&mut err, &mut spare) {}
             })
             .ok()
     };
