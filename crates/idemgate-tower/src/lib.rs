@@ -5,18 +5,52 @@
 //! released, and every `application/problem+json` answer (400, 409, 413, 422, 502, 503, 504). The
 //! `idemgate` gateway is this layer wrapped around a proxy service; Rust services wrap their own.
 //!
-//! ```no_run
+//! ```
+//! use std::convert::Infallible;
 //! use std::sync::Arc;
-//! use idemgate_core::{MemoryStore, ScopeHasher};
-//! use idemgate_tower::{IdempotencyConfig, IdempotencyLayer};
+//! use std::sync::atomic::{AtomicU64, Ordering};
 //!
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use idemgate_core::{MemoryStore, ScopeHasher};
+//! use idemgate_tower::{IdempotencyConfig, IdempotencyLayer, RequestBody};
+//! use tower::{Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let charges = Arc::new(AtomicU64::new(0));
+//! let counter = charges.clone();
+//! // Any HTTP service: here a function that "charges" and answers 201.
+//! let service = tower::service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+//!     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+//!     async move {
+//!         let mut resp = Response::new(Full::new(Bytes::from(format!("charge {n}"))));
+//!         *resp.status_mut() = StatusCode::CREATED;
+//!         Ok::<_, Infallible>(resp)
+//!     }
+//! });
 //! let layer = IdempotencyLayer::new(
 //!     Arc::new(MemoryStore::default()),
 //!     ScopeHasher::new(b"a per-deployment secret"),
 //!     IdempotencyConfig::default(),
 //! );
-//! // let app = tower::ServiceBuilder::new().layer(layer).service(my_http_service);
-//! # let _ = layer;
+//! let app = layer.layer(service);
+//!
+//! let request = || {
+//!     Request::post("/charges")
+//!         .header("idempotency-key", "order-1001")
+//!         .body(Full::new(Bytes::from_static(b"{\"amount\":1999}")))
+//!         .unwrap()
+//! };
+//! let first = app.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! let retry = app.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(retry.status(), StatusCode::CREATED);
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! assert_eq!(retry.into_body().collect().await.unwrap().to_bytes(), "charge 1");
+//! assert_eq!(charges.load(Ordering::SeqCst), 1, "executed once");
+//! # }
 //! ```
 #![deny(missing_docs)]
 
