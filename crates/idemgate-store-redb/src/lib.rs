@@ -14,6 +14,8 @@
 //! - **Purge.** Expired records are removed in small batches from a cursor that walks the table,
 //!   so a purge never holds the writer for long.
 
+#![deny(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};

@@ -37,7 +37,7 @@ async fn auth(mut req: Request, next: Next) -> axum::response::Response {
 
 async fn charge(State(n): State<Arc<AtomicU64>>, body: Bytes) -> (http::StatusCode, String) {
     let n = n.fetch_add(1, Ordering::SeqCst) + 1;
-    tokio::time::sleep(Duration::from_millis(if body.starts_with(b"slow") { 300 } else { 0 })).await;
+    tokio::time::sleep(Duration::from_millis(if body.starts_with(b"slow") { 1000 } else { 0 })).await;
     (http::StatusCode::CREATED, format!("{{\"charge\":{n}}}"))
 }
 

@@ -97,7 +97,7 @@ async fn rule9_timeout_is_504_and_the_key_stays_locked_until_the_lock_timeout() 
         "--upstream-timeout",
         "300ms",
         "--lock-timeout",
-        "1500ms",
+        "3s",
     ]);
     let http = Http::default();
     let url = gw.url("/pay?hang=1");
@@ -110,7 +110,7 @@ async fn rule9_timeout_is_504_and_the_key_stays_locked_until_the_lock_timeout() 
         .assert_problem(409, "request-in-progress");
     assert_eq!(up.executions(), 1);
     // …and executes again once the lock has expired.
-    let retried = common::eventually(Duration::from_secs(5), || async {
+    let retried = common::eventually(Duration::from_secs(15), || async {
         http.post(&url, "t", "{}").await.status == 504
     })
     .await;

@@ -155,7 +155,7 @@ async fn a_killed_instances_locks_are_taken_over_and_its_records_kept() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let store = redis.url();
-    let mut a = gateway(&up, &store, &["--lock-timeout", "2s", "--upstream-timeout", "1s"]);
+    let mut a = gateway(&up, &store, &["--lock-timeout", "4s"]);
     let b = gateway(&up, &store, &[]);
     let http = Http::default();
     let done = http.post(&a.url("/pay"), "done", "{}").await;
@@ -177,7 +177,7 @@ async fn a_killed_instances_locks_are_taken_over_and_its_records_kept() {
     let b_url = b.url(url);
     let retry = || http.send("POST", &b_url, &[("idempotency-key", "held")], "{}");
     retry().await.assert_problem(409, "request-in-progress");
-    let taken = eventually(Duration::from_secs(10), || async { retry().await.status == 201 }).await;
+    let taken = eventually(Duration::from_secs(20), || async { retry().await.status == 201 }).await;
     assert!(taken, "taken over after the lock timeout");
     assert_eq!(up.executions(), 3);
     assert!(retry().await.replayed());

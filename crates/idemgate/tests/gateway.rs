@@ -103,7 +103,7 @@ async fn rule4_repeat_in_flight_is_409_then_replayed() {
     let base = memory(&up);
     let gw = Gateway::start(&args(&base, &[]));
     let http = Http::default();
-    let url = gw.url("/pay?delay_ms=700");
+    let url = gw.url("/pay?delay_ms=1500");
     let first = tokio::spawn({
         let (http, url) = (http.clone(), url.clone());
         async move { http.post(&url, "slow", "{}").await }
