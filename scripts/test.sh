@@ -9,5 +9,8 @@ source scripts/deps.sh
 
 # Two cores: tests spawn servers and gateways, so keep the number of test threads modest.
 export RUST_BACKTRACE=1
-cargo test --workspace --all-targets "$@" -- --test-threads="${TEST_THREADS:-4}"
+# RUST_TEST_THREADS rather than --test-threads: Criterion's bench binaries (run once each by
+# --all-targets) refuse libtest's flags.
+export RUST_TEST_THREADS="${TEST_THREADS:-4}"
+cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
