@@ -12,7 +12,7 @@
 pub mod cluster;
 pub mod tls;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,9 +25,9 @@ pub(crate) const START_WITHIN: Duration = Duration::from_secs(10);
 /// A private `redis-server` (see the module docs).
 #[derive(Debug)]
 pub struct RedisServer {
-    port: u16,
+    // Declared first: the process dies before its directory is removed.
+    process: crate::Supervised,
     dir: TempDir,
-    child: Option<Child>,
 }
 
 impl RedisServer {
@@ -35,70 +35,35 @@ impl RedisServer {
     /// installed or does not accept connections within 10 s.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
-        let mut server = Self {
-            port: crate::free_port(),
-            dir,
-            child: None,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        // A port freed by `free_port` (or by a stopped server) can be taken by someone else in
-        // between; a few attempts make that race harmless.
-        for _ in 0..3 {
-            let child = spawn_redis(self.port, self.dir.path());
-            self.child = Some(child);
-            if crate::wait_for_port(self.addr(), START_WITHIN) && self.running() {
-                return;
-            }
-            self.kill();
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        let process =
+            crate::Supervised::start("redis-server", crate::free_port(), |port| spawn_redis(port, dir.path()));
+        Self { process, dir }
     }
 
     /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        self.process.addr()
     }
 
     /// The URL the Redis store takes (`redis://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.port())
     }
 
     /// Kills the server (an outage). Its data is gone: persistence is off.
     pub fn stop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 
     /// Starts the server again on the same port (after [`RedisServer::stop`]).
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        let dir = self.dir.path().to_path_buf();
+        self.process.respawn(|port| spawn_redis(port, &dir));
     }
 }
 
