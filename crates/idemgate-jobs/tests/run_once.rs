@@ -116,13 +116,21 @@ async fn concurrent_duplicates_run_once(kind: Kind) {
     let jobs = jobs(&env, "concurrent");
     let executed = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
     let (tx, mut rx) = mpsc::unbounded_channel();
     for _ in 0..50 {
-        let (jobs, executed, gate, tx) = (jobs.clone(), executed.clone(), gate.clone(), tx.clone());
+        let (jobs, executed, gate, tx, started) = (
+            jobs.clone(),
+            executed.clone(),
+            gate.clone(),
+            tx.clone(),
+            started.clone(),
+        );
         tokio::spawn(async move {
             let r = jobs
                 .run("order-1", &("order-1", 500u64), || async move {
                     executed.fetch_add(1, Ordering::SeqCst);
+                    started.notify_one();
                     // Hold the key until every duplicate has answered.
                     gate.notified().await;
                     Ok::<_, JobError>(Receipt {
@@ -142,6 +150,10 @@ async fn concurrent_duplicates_run_once(kind: Kind) {
             other => panic!("a duplicate got {other:?}"),
         }
     }
+    // The owner's task may enter the function only after every duplicate has answered.
+    timeout(BOUND, started.notified())
+        .await
+        .expect("the owner runs the job");
     assert_eq!(executed.load(Ordering::SeqCst), 1);
     gate.notify_one();
     let r = timeout(BOUND, rx.recv()).await.expect("the owner answers").unwrap();
