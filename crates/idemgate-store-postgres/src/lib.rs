@@ -146,6 +146,12 @@ const STATEMENTS: [&str; 9] = [
     SECRET_SELECT,
 ];
 
+/// What a statement returned.
+enum Ran {
+    Rows(Vec<Row>),
+    Changed(u64),
+}
+
 /// Opening the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -486,18 +492,23 @@ impl PostgresStore {
         }
     }
 
-    /// Runs one statement on a pooled connection, bounded by the operation timeout. A connection
-    /// that failed or did not answer in time is dropped instead of going back to the pool.
-    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    /// Runs one statement on a pooled connection, bounded by the operation timeout: its rows
+    /// (`want_rows`) or the number of rows it changed. A connection that failed or did not answer
+    /// in time is dropped instead of going back to the pool.
+    async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)], want_rows: bool) -> Result<Ran, StoreError> {
         let deadline = Instant::now() + self.op_timeout;
         let client = self.connection(deadline).await?;
         let work = async {
             let st = client.prepare_cached(sql).await?;
             self.round_trips.fetch_add(1, Ordering::Relaxed);
-            client.query(&st, params).await
+            if want_rows {
+                client.query(&st, params).await.map(Ran::Rows)
+            } else {
+                client.execute(&st, params).await.map(Ran::Changed)
+            }
         };
         match tokio::time::timeout_at(deadline, work).await {
-            Ok(Ok(rows)) => Ok(rows),
+            Ok(Ok(ran)) => Ok(ran),
             Ok(Err(e)) => {
                 if is_connection_error(&e) {
                     let _ = Object::take(client);
@@ -511,27 +522,19 @@ impl PostgresStore {
         }
     }
 
-    /// Like [`Self::query`], for a statement without result rows: the rows it changed.
+    /// A statement's result rows.
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        match self.run(sql, params, true).await? {
+            Ran::Rows(rows) => Ok(rows),
+            Ran::Changed(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The number of rows a statement without result rows changed.
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        let deadline = Instant::now() + self.op_timeout;
-        let client = self.connection(deadline).await?;
-        let work = async {
-            let st = client.prepare_cached(sql).await?;
-            self.round_trips.fetch_add(1, Ordering::Relaxed);
-            client.execute(&st, params).await
-        };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => {
-                if is_connection_error(&e) {
-                    let _ = Object::take(client);
-                }
-                Err(map_pg(&e))
-            }
-            Err(_) => {
-                let _ = Object::take(client);
-                Err(StoreError::Timeout(self.op_timeout))
-            }
+        match self.run(sql, params, false).await? {
+            Ran::Changed(n) => Ok(n),
+            Ran::Rows(rows) => Ok(rows.len() as u64),
         }
     }
 

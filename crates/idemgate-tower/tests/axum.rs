@@ -35,14 +35,18 @@ async fn auth(mut req: Request, next: Next) -> axum::response::Response {
     next.run(req).await
 }
 
-async fn charge(State(n): State<Arc<AtomicU64>>, body: Bytes) -> (http::StatusCode, String) {
+/// The handler's state: executions, and a wake-up each time one starts.
+type Charges = (Arc<AtomicU64>, Arc<tokio::sync::Notify>);
+
+async fn charge(State((n, started)): State<Charges>, body: Bytes) -> (http::StatusCode, String) {
     let n = n.fetch_add(1, Ordering::SeqCst) + 1;
+    started.notify_waiters();
     tokio::time::sleep(Duration::from_millis(if body.starts_with(b"slow") { 1000 } else { 0 })).await;
     (http::StatusCode::CREATED, format!("{{\"charge\":{n}}}"))
 }
 
-async fn serve(store: Arc<dyn Store>) -> (std::net::SocketAddr, Arc<AtomicU64>) {
-    let count = Arc::new(AtomicU64::new(0));
+async fn serve(store: Arc<dyn Store>) -> (std::net::SocketAddr, Charges) {
+    let count: Charges = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Notify::new()));
     let config = IdempotencyConfig {
         scope: ScopeSource::Custom(Arc::new(|parts| {
             parts.extensions.get::<UserId>().map(|u| u.0.as_bytes().to_vec())
@@ -96,7 +100,7 @@ async fn post_charge(addr: std::net::SocketAddr, key: &str, user: &str, body: &'
 }
 
 async fn the_gateway_rules_hold_in_process(store: Arc<dyn Store>) {
-    let (addr, count) = serve(store).await;
+    let (addr, (count, started)) = serve(store).await;
     let first = post_charge(addr, "k1", "alice", "a").await;
     assert_eq!(first.status, 201);
     assert!(!first.replayed);
@@ -115,11 +119,13 @@ async fn the_gateway_rules_hold_in_process(store: Arc<dyn Store>) {
     let bad = post_charge(addr, "a b", "alice", "a").await;
     assert_eq!(bad.status, 400);
     // 409 while in flight.
+    let started_slow = started.notified();
+    tokio::pin!(started_slow);
+    started_slow.as_mut().enable();
     let slow = tokio::spawn(post_charge(addr, "k2", "alice", "slow"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while count.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(10), started_slow)
+        .await
+        .expect("the slow charge started");
     assert_eq!(post_charge(addr, "k2", "alice", "slow").await.status, 409);
     assert_eq!(slow.await.unwrap().status, 201);
     assert_eq!(count.load(Ordering::SeqCst), 3);

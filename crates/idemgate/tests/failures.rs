@@ -274,7 +274,7 @@ async fn a_client_that_hangs_up_does_not_cancel_its_request() {
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let head = "POST /pay?delay_ms=400 HTTP/1.1\r\nhost: x\r\nidempotency-key: gone\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
     s.write_all(head.as_bytes()).await.unwrap();
-    assert!(common::eventually(Duration::from_secs(5), || async { up.executions() == 1 }).await);
+    assert!(up.wait_for_executions(1).await);
     drop(s); // the client times out and disconnects while the upstream is still working
              // The retry sees the request in flight, then its recorded outcome: never a second execution.
     let replayed = common::eventually(Duration::from_secs(5), || async {

@@ -166,7 +166,7 @@ async fn a_killed_instances_locks_are_taken_over_and_its_records_kept() {
         let (http, url) = (http.clone(), a.url(url));
         async move { http.try_send("POST", &url, &[("idempotency-key", "held")], "{}").await }
     });
-    assert!(eventually(Duration::from_secs(5), || async { up.executions() == 2 }).await);
+    assert!(up.wait_for_executions(2).await);
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     assert!(

@@ -109,7 +109,7 @@ async fn rule4_repeat_in_flight_is_409_then_replayed() {
         async move { http.post(&url, "slow", "{}").await }
     });
     // Wait until the first request reached the upstream (a signal, not a guess).
-    assert!(eventually(Duration::from_secs(5), || async { up.executions() == 1 }).await);
+    assert!(up.wait_for_executions(1).await);
     let dup = http.post(&url, "slow", "{}").await;
     dup.assert_problem(409, "request-in-progress");
     assert_eq!(dup.header("retry-after"), Some("1"));

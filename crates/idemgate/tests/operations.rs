@@ -197,7 +197,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
         let http = http.clone();
         async move { http.post(&url, "drain", "{}").await }
     });
-    assert!(eventually(Duration::from_secs(5), || async { up.executions() == 1 }).await);
+    assert!(up.wait_for_executions(1).await);
     let pid = gw.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let r = inflight.await.unwrap();

@@ -34,6 +34,8 @@ type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 pub struct Upstream {
     pub addr: SocketAddr,
     pub count: Arc<AtomicU64>,
+    /// Woken on every execution: tests wait on it instead of polling the count.
+    executed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,7 +54,8 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicU64::new(0));
-        let c = count.clone();
+        let executed = Arc::new(tokio::sync::Notify::new());
+        let c = (count.clone(), executed.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -65,7 +68,12 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, count, task }
+        Self {
+            addr,
+            count,
+            executed,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -74,6 +82,22 @@ impl Upstream {
 
     pub fn executions(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the upstream has executed at least `n` requests (false after 10 s).
+    pub async fn wait_for_executions(&self, n: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let woken = self.executed.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.executions() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return self.executions() >= n;
+            }
+        }
     }
 }
 
@@ -91,7 +115,10 @@ pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
 }
 
-async fn handle(req: Request<Incoming>, count: Arc<AtomicU64>) -> Result<Response<BoxBody<Bytes, BoxErr>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    (count, executed): (Arc<AtomicU64>, Arc<tokio::sync::Notify>),
+) -> Result<Response<BoxBody<Bytes, BoxErr>>, Infallible> {
     let q = query(&req);
     let full = |status: u16, body: Bytes| {
         let mut r = Response::new(
@@ -106,6 +133,7 @@ async fn handle(req: Request<Incoming>, count: Arc<AtomicU64>) -> Result<Respons
         return Ok(full(200, Bytes::from(count.load(Ordering::SeqCst).to_string())));
     }
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+    executed.notify_waiters();
     let auth = req
         .headers()
         .get("authorization")
