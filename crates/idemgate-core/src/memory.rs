@@ -1,16 +1,22 @@
-//! The in-memory store: sharded hash maps, no global lock.
+//! The in-memory store: sharded hash tables, no global lock, one allocation per record.
 //!
-//! Records are kept in 64 shards, each a `std::sync::Mutex` held only for one map operation (never
-//! across an await). Ids are already uniform keyed hashes, so the maps hash them with an identity
-//! hasher. A capacity bounds the number of records: when it is reached, expired records are purged
-//! from the shard first, and a claim that would still exceed it fails with [`StoreError::Full`]
-//! (records are never evicted: forgetting a live record would let a repeat execute twice).
-//! Records live as long as the process.
+//! Records are kept in 64 shards, each a `std::sync::Mutex` held only for one table operation
+//! (never across an await). A record is one exactly-sized allocation, `id ++ Record::encode()`,
+//! and a table slot is that one pointer, so a stored record costs its bytes plus about 16 bytes
+//! of table (twice that just after the table doubles) — the hash table never holds
+//! response-sized slots, and a stored record never pins a network buffer. Ids are already
+//! uniform keyed hashes, so the tables hash them by their first eight bytes. A claim decodes the
+//! record it finds (a replay copies the response out once). A capacity bounds the number of
+//! records: when it is reached, expired records are purged from the shard first, and a claim
+//! that would still exceed it fails with [`StoreError::Full`] (records are never evicted:
+//! forgetting a live record would let a repeat execute twice). Records live as long as the
+//! process.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use hashbrown::hash_table::{Entry, HashTable};
 
 use crate::record::{decide_claim, decide_complete, decide_release, Claim, ClaimRequest, FencingToken, Record};
 use crate::response::StoredResponse;
@@ -18,31 +24,63 @@ use crate::scope::RecordId;
 use crate::store::{BoxFuture, CompleteError, Purged, Store, StoreError};
 
 const SHARDS: usize = 64;
+const ID: usize = 32;
 
-/// Hashes a [`RecordId`] by its first eight bytes (they are already a keyed hash).
-#[derive(Default)]
-struct IdHasher(u64);
+/// One stored record: its id, then [`Record::encode`]'s bytes.
+type Slot = Box<[u8]>;
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        if bytes.len() >= 8 {
-            self.0 = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
+fn hash(id: &[u8]) -> u64 {
+    // Ids are keyed hashes: any eight of their bytes are uniform.
+    u64::from_le_bytes(id[..8].try_into().unwrap_or([0; 8]))
 }
 
-type Shard = HashMap<RecordId, Record, BuildHasherDefault<IdHasher>>;
+fn slot_hash(slot: &Slot) -> u64 {
+    hash(&slot[..ID])
+}
+
+fn slot(id: &RecordId, record: &Record) -> Slot {
+    let mut v = Vec::with_capacity(ID + record.encoded_len());
+    v.extend_from_slice(&id.0);
+    record.encode_to(&mut v);
+    v.into_boxed_slice()
+}
+
+fn decode(slot: &Slot) -> Result<Record, StoreError> {
+    Ok(Record::decode(Bytes::copy_from_slice(&slot[ID..]))?)
+}
+
+/// Unreadable deadlines count as expired, so a damaged slot can never pin the store full.
+fn expired(slot: &Slot, now_ms: u64) -> bool {
+    Record::encoded_deadline_ms(&slot[ID..]).map_or(true, |d| d <= now_ms)
+}
+
+#[derive(Default)]
+struct Shard(HashTable<Slot>);
+
+impl Shard {
+    fn entry(&mut self, id: &RecordId) -> Entry<'_, Slot> {
+        self.0.entry(hash(&id.0), |s| s[..ID] == id.0, slot_hash)
+    }
+
+    fn find(&self, id: &RecordId) -> Option<&Slot> {
+        self.0.find(hash(&id.0), |s| s[..ID] == id.0)
+    }
+}
 
 /// The in-memory store.
-#[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     count: AtomicUsize,
     capacity: usize,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("records", &self.count.load(Ordering::Relaxed))
+            .field("capacity", &self.capacity)
+            .finish()
+    }
 }
 
 impl Default for MemoryStore {
@@ -63,32 +101,37 @@ impl MemoryStore {
 
     fn shard(&self, id: &RecordId) -> MutexGuard<'_, Shard> {
         let m = &self.shards[id.0[31] as usize % SHARDS];
-        // A panic while holding a shard cannot leave a record half-written (each map call is
+        // A panic while holding a shard cannot leave a record half-written (each table call is
         // atomic), so a poisoned lock is safe to keep using.
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn claim_now(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
         let mut shard = self.shard(&req.id);
-        let existing = shard.get(&req.id);
-        let (claim, write) = decide_claim(existing, req);
-        if let Some(record) = write {
-            if existing.is_none() {
-                // Reserve a slot first, so concurrent claims on other shards cannot overshoot.
-                if self.count.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-                    let before = shard.len();
-                    shard.retain(|_, r| !r.is_expired(req.now_ms));
-                    let freed = before - shard.len();
-                    let now_count = self.count.fetch_sub(freed, Ordering::AcqRel) - freed;
-                    if now_count > self.capacity {
-                        self.count.fetch_sub(1, Ordering::AcqRel);
-                        return Err(StoreError::Full {
-                            capacity: self.capacity,
-                        });
-                    }
+        let existing = shard.find(&req.id).map(decode).transpose()?;
+        let (claim, write) = decide_claim(existing.as_ref(), req);
+        let Some(record) = write else { return Ok(claim) };
+        let new = slot(&req.id, &record);
+        if existing.is_none() {
+            // Reserve a slot first, so concurrent claims on other shards cannot overshoot.
+            if self.count.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+                let before = shard.0.len();
+                shard.0.retain(|s| !expired(s, req.now_ms));
+                let freed = before - shard.0.len();
+                let now_count = self.count.fetch_sub(freed, Ordering::AcqRel) - freed;
+                if now_count > self.capacity {
+                    self.count.fetch_sub(1, Ordering::AcqRel);
+                    return Err(StoreError::Full {
+                        capacity: self.capacity,
+                    });
                 }
             }
-            shard.insert(req.id, record);
+        }
+        match shard.entry(&req.id) {
+            Entry::Occupied(mut e) => *e.get_mut() = new,
+            Entry::Vacant(e) => {
+                e.insert(new);
+            }
         }
         Ok(claim)
     }
@@ -101,20 +144,28 @@ impl MemoryStore {
         expires_at_ms: u64,
     ) -> Result<(), CompleteError> {
         let mut shard = self.shard(&id);
+        let Entry::Occupied(mut e) = shard.entry(&id) else {
+            return Err(CompleteError::Fenced);
+        };
+        let existing = decode(e.get())?;
         let done =
-            decide_complete(shard.get(&id), token, response, expires_at_ms).map_err(|()| CompleteError::Fenced)?;
-        shard.insert(id, done);
+            decide_complete(Some(&existing), token, response, expires_at_ms).map_err(|()| CompleteError::Fenced)?;
+        *e.get_mut() = slot(&id, &done);
         Ok(())
     }
 
-    fn remove(&self, id: &RecordId, only_if: impl FnOnce(&Record) -> bool) -> bool {
+    fn remove(&self, id: &RecordId, only_if: impl FnOnce(&Record) -> bool) -> Result<bool, StoreError> {
         let mut shard = self.shard(id);
-        if shard.get(id).is_some_and(only_if) {
-            shard.remove(id);
+        let Entry::Occupied(e) = shard.entry(id) else {
+            return Ok(false);
+        };
+        // A slot that does not decode may still be deleted by an operator.
+        if decode(e.get()).ok().is_none_or(|r| only_if(&r)) {
+            e.remove();
             self.count.fetch_sub(1, Ordering::Relaxed);
-            true
+            Ok(true)
         } else {
-            false
+            Ok(false)
         }
     }
 }
@@ -142,17 +193,17 @@ impl Store for MemoryStore {
 
     fn release(&self, id: RecordId, token: FencingToken) -> BoxFuture<'_, Result<bool, StoreError>> {
         let r = self.remove(&id, |r| decide_release(Some(r), token));
-        Box::pin(std::future::ready(Ok(r)))
+        Box::pin(std::future::ready(r))
     }
 
     fn get(&self, id: RecordId) -> BoxFuture<'_, Result<Option<Record>, StoreError>> {
-        let r = self.shard(&id).get(&id).cloned();
-        Box::pin(std::future::ready(Ok(r)))
+        let r = self.shard(&id).find(&id).map(decode).transpose();
+        Box::pin(std::future::ready(r))
     }
 
     fn delete(&self, id: RecordId) -> BoxFuture<'_, Result<bool, StoreError>> {
         let r = self.remove(&id, |_| true);
-        Box::pin(std::future::ready(Ok(r)))
+        Box::pin(std::future::ready(r))
     }
 
     fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Purged, StoreError>> {
@@ -163,17 +214,17 @@ impl Store for MemoryStore {
                 break;
             }
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let before = shard.len();
+            let before = shard.0.len();
             let mut budget = limit - purged;
-            shard.retain(|_, r| {
-                if budget > 0 && r.is_expired(now_ms) {
+            shard.0.retain(|s| {
+                if budget > 0 && expired(s, now_ms) {
                     budget -= 1;
                     false
                 } else {
                     true
                 }
             });
-            let n = before - shard.len();
+            let n = before - shard.0.len();
             self.count.fetch_sub(n, Ordering::Relaxed);
             purged += n;
         }

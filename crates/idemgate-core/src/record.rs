@@ -198,35 +198,58 @@ impl Record {
     /// Serialises the record for stores that keep bytes: `version u8`, `tag u8`, fingerprint,
     /// then `token u64, lease_until u64` or `expires_at u64` and the encoded response.
     pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.encoded_len());
+        self.encode_to(&mut b);
+        b.freeze()
+    }
+
+    /// The length of [`Record::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Record::InFlight { .. } => 2 + 32 + 16,
+            Record::Completed { response, .. } => 2 + 32 + 8 + response.as_bytes().len(),
+        }
+    }
+
+    /// Appends [`Record::encode`]'s output to `out`.
+    pub fn encode_to(&self, out: &mut impl BufMut) {
         match self {
             Record::InFlight {
                 fingerprint,
                 token,
                 lease_until_ms,
             } => {
-                let mut b = BytesMut::with_capacity(2 + 32 + 16);
-                b.put_u8(FORMAT_V1);
-                b.put_u8(TAG_IN_FLIGHT);
-                b.put_slice(&fingerprint.0);
-                b.put_u64_le(token.0);
-                b.put_u64_le(*lease_until_ms);
-                b.freeze()
+                out.put_u8(FORMAT_V1);
+                out.put_u8(TAG_IN_FLIGHT);
+                out.put_slice(&fingerprint.0);
+                out.put_u64_le(token.0);
+                out.put_u64_le(*lease_until_ms);
             }
             Record::Completed {
                 fingerprint,
                 expires_at_ms,
                 response,
             } => {
-                let r = response.as_bytes();
-                let mut b = BytesMut::with_capacity(2 + 32 + 8 + r.len());
-                b.put_u8(FORMAT_V1);
-                b.put_u8(TAG_COMPLETED);
-                b.put_slice(&fingerprint.0);
-                b.put_u64_le(*expires_at_ms);
-                b.put_slice(r);
-                b.freeze()
+                out.put_u8(FORMAT_V1);
+                out.put_u8(TAG_COMPLETED);
+                out.put_slice(&fingerprint.0);
+                out.put_u64_le(*expires_at_ms);
+                out.put_slice(response.as_bytes());
             }
         }
+    }
+
+    /// [`Record::deadline_ms`] read straight from encoded bytes, without decoding the response.
+    pub fn encoded_deadline_ms(data: &[u8]) -> Result<u64, CorruptRecord> {
+        let at = match data.get(..2) {
+            Some([FORMAT_V1, TAG_IN_FLIGHT]) => 42,
+            Some([FORMAT_V1, TAG_COMPLETED]) => 34,
+            _ => return Err(CorruptRecord("unknown format or record kind")),
+        };
+        data.get(at..at + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or(CorruptRecord("truncated"))
     }
 
     /// Parses bytes written by [`Record::encode`].
@@ -317,15 +340,19 @@ mod tests {
         #[test]
         fn codec_round_trips(fp in any::<[u8; 32]>(), t in 1u64.., at in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let a = Record::InFlight { fingerprint: Fingerprint(fp), token: FencingToken(t), lease_until_ms: at };
+            prop_assert_eq!(Record::encoded_deadline_ms(&a.encode()).unwrap(), at);
             prop_assert_eq!(Record::decode(a.encode()).unwrap(), a);
             let mut h = HeaderMap::new();
             h.insert("content-type", "application/octet-stream".parse().unwrap());
             let b = Record::Completed { fingerprint: Fingerprint(fp), expires_at_ms: at, response: StoredResponse::new(StatusCode::OK, &h, &body) };
+            prop_assert_eq!(Record::encoded_deadline_ms(&b.encode()).unwrap(), at);
+            prop_assert_eq!(b.encode().len(), b.encoded_len());
             prop_assert_eq!(Record::decode(b.encode()).unwrap(), b);
         }
 
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Record::encoded_deadline_ms(&data);
             let _ = Record::decode(Bytes::from(data));
         }
     }

@@ -4,9 +4,10 @@
 //!   transaction holding `pg_advisory_xact_lock`, so any number of gateways may start at once
 //!   against a fresh database. The schema version is the `schema_version` row of `idemgate_meta`;
 //!   a database written by a newer idemgate is refused ([`OpenError::SchemaTooNew`]).
-//! - **One statement per operation.** A claim is one `INSERT … ON CONFLICT … DO UPDATE … WHERE`
-//!   statement that either takes the key (absent, or its deadline passed) or returns the live
-//!   record: a first request costs two round trips (claim, complete), a replay one. Statements are
+//! - **One statement per operation.** A claim is one statement that either returns the live
+//!   record (read only: a replay writes nothing) or takes the key with `INSERT … ON CONFLICT … DO
+//!   UPDATE … WHERE` (absent, or its deadline passed): a first request costs two round trips
+//!   (claim, complete), a replay one. Statements are
 //!   prepared once per pooled connection, when the connection is made.
 //! - **The state machine of `idemgate_core::record`, in SQL.** Every time decision compares the
 //!   caller's `now_ms` with the row's `deadline_ms` (the database's clock is never used);
@@ -74,16 +75,22 @@ CREATE INDEX IF NOT EXISTS idemgate_records_deadline ON idemgate_records (deadli
 /// Claims a key in one statement. `$1` id, `$2` fingerprint, `$3` the new token, `$4` the new
 /// lease end, `$5` now.
 ///
-/// The `INSERT` takes the key when no row exists, or when the row's deadline has passed
-/// (`DO UPDATE … WHERE deadline_ms <= now`, evaluated on the latest row version under its row
-/// lock, so two claims never both take it). `takeover` is computed from the replaced row. When
-/// the key is live the `INSERT` returns nothing and the second branch returns the row as the
-/// statement's snapshot sees it. That snapshot may predate a concurrent writer (the row is absent
-/// or still looks expired): the caller then retries the statement, whose new snapshot sees it.
+/// `live` reads the row first: when the key is live (a replay, or a request in flight) the
+/// statement writes nothing, takes no row lock and needs no transaction id, so its commit does
+/// not wait for a WAL flush. Otherwise the `INSERT` takes the key when no row exists, or when the
+/// row's deadline has passed (`DO UPDATE … WHERE deadline_ms <= now`, evaluated on the latest
+/// row version under its row lock, so two claims never both take it). `takeover` is computed
+/// from the replaced row. When the `INSERT` finds a live row that the statement's snapshot did
+/// not show (a concurrent writer), it returns nothing and the last branch returns the row as the
+/// snapshot sees it (absent or expired): the caller then retries the statement, whose new
+/// snapshot sees it.
 pub const CLAIM: &str = "
-WITH ins AS (
+WITH live AS (
+    SELECT state, fingerprint, deadline_ms, response FROM idemgate_records
+    WHERE id = $1 AND deadline_ms > $5
+), ins AS (
     INSERT INTO idemgate_records AS r (id, state, fingerprint, token, deadline_ms, response, takeover)
-    VALUES ($1, 1, $2, $3, $4, NULL, false)
+    SELECT $1, 1, $2, $3, $4, NULL, false WHERE NOT EXISTS (SELECT 1 FROM live)
     ON CONFLICT (id) DO UPDATE
         SET state = 1, fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token,
             deadline_ms = EXCLUDED.deadline_ms, response = NULL, takeover = (r.state = 1)
@@ -94,9 +101,11 @@ SELECT 0::smallint AS state, ins.takeover, NULL::bytea AS fingerprint, NULL::big
        NULL::bytea AS response
 FROM ins
 UNION ALL
+SELECT l.state, false, l.fingerprint, l.deadline_ms, l.response FROM live l
+UNION ALL
 SELECT r.state, false, r.fingerprint, r.deadline_ms, r.response
 FROM idemgate_records r
-WHERE r.id = $1 AND NOT EXISTS (SELECT 1 FROM ins)
+WHERE r.id = $1 AND NOT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM live)
 ";
 
 /// `$1` id, `$2` token, `$3` TTL end, `$4` response. No row: the caller was fenced off.

@@ -260,6 +260,38 @@ async fn one_round_trip_per_operation() {
     assert_eq!(count(before), 3, "get, delete, purge");
 }
 
+/// A replay (and a claim that finds a request in flight) writes nothing: the row is not locked, so
+/// no transaction id is taken and the commit does not wait for a WAL flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_claim_writes_nothing() {
+    let pg = server().await;
+    let s = PostgresStore::connect(&pg.url()).await.unwrap();
+    let now = time::now_ms();
+    let id = random_id();
+    let xmax = || {
+        let sql = format!("SELECT xmax FROM idemgate_records WHERE id = '\\x{}'", id.to_hex());
+        pg.psql("postgres", &sql).trim().to_string()
+    };
+    let Claim::Acquired { token, .. } = s.claim(req(id, now, 10_000)).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        s.claim(req(id, now, 10_000)).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    assert_eq!(xmax(), "0", "a claim of a key in flight locked the row");
+    s.complete(id, token, resp(b"x"), now + 60_000).await.unwrap();
+    let after_complete = xmax();
+    for _ in 0..3 {
+        assert!(matches!(
+            s.claim(req(id, now, 10_000)).await.unwrap(),
+            Claim::Completed { .. }
+        ));
+    }
+    assert_eq!(xmax(), after_complete, "a replay locked the row");
+    assert_eq!(after_complete, "0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_works_in_batches() {
     let url = fresh_database().await;

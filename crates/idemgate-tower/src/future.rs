@@ -1,5 +1,8 @@
 //! [`ResponseFuture`]: untouched requests poll the inner future directly (no allocation);
-//! refused ones are ready at once; protected ones run a boxed state machine.
+//! refused ones are ready at once; protected ones run a boxed state machine on the connection's
+//! own task, and finish on a task of their own only if they are dropped before they are done
+//! ([`Detach`]): a client that disconnects (the usual reason for a retry) must not cancel an
+//! exchange between its claim and its recorded outcome, and the common case pays no task switch.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,7 +42,7 @@ pin_project! {
             resp: Option<Response<ResponseBody<B>>>,
         },
         Managed {
-            fut: BoxFuture<'static, Result<Response<ResponseBody<B>>, E>>,
+            fut: Detach<Result<Response<ResponseBody<B>>, E>>,
         },
     }
 }
@@ -63,7 +66,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn managed(fut: BoxFuture<'static, Result<Response<ResponseBody<B>>, E>>) -> Self {
+    pub(crate) fn managed(fut: Detach<Result<Response<ResponseBody<B>>, E>>) -> Self {
         Self {
             kind: Kind::Managed { fut },
         }
@@ -107,7 +110,50 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending,
             },
-            KindProj::Managed { fut } => fut.as_mut().poll(cx),
+            KindProj::Managed { fut } => Pin::new(fut).poll(cx),
+        }
+    }
+}
+
+/// A boxed future that, if dropped before it finishes, is handed to a task of its own to finish
+/// (its output is then discarded). Polled in place otherwise, so it costs no extra task.
+pub(crate) struct Detach<T> {
+    fut: Option<BoxFuture<'static, T>>,
+    spawn: fn(BoxFuture<'static, T>),
+}
+
+impl<T: Send + 'static> Detach<T> {
+    pub(crate) fn new(fut: BoxFuture<'static, T>) -> Self {
+        fn spawn<T: Send + 'static>(fut: BoxFuture<'static, T>) {
+            // Outside a runtime (a runtime being torn down) there is nothing to finish it on.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(fut);
+            }
+        }
+        Self {
+            fut: Some(fut),
+            spawn: spawn::<T>,
+        }
+    }
+}
+
+impl<T> Future for Detach<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Pending; // polled after completion
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T> Drop for Detach<T> {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            (self.spawn)(fut);
         }
     }
 }

@@ -14,11 +14,13 @@
 //!    locked until its lease ends.
 
 use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -30,7 +32,7 @@ use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{OnStoreError, Policy, ScopeSource};
-use crate::future::ResponseFuture;
+use crate::future::{Detach, ResponseFuture};
 use crate::http_util::strip_hop_by_hop;
 use crate::layer::Shared;
 use crate::metrics::{secs, Outcome};
@@ -110,9 +112,9 @@ where
             policy: policy.clone(),
             inner,
         };
-        // The protected exchange runs in its own task: a client that disconnects (the usual
-        // reason for a retry) must not cancel it between the claim and the recorded outcome.
-        let task = tokio::spawn(async move {
+        // Polled on the connection's task; finished on a task of its own if the client goes away
+        // (see `Detach`), so a disconnect cannot cancel it between the claim and the outcome.
+        let run = async move {
             let (parts, body) = req.into_parts();
             let scope = scope_bytes(&job.shared.config.scope, &parts);
             let id = job.shared.hasher.record_id(&scope, &key);
@@ -124,16 +126,16 @@ where
             shared.metrics.outcome(outcome);
             log_request(&method, uri.path(), outcome, resp.status(), start);
             Ok(resp)
-        });
-        ResponseFuture::managed(Box::pin(async move {
-            match task.await {
+        };
+        ResponseFuture::managed(Detach::new(Box::pin(async move {
+            match AssertUnwindSafe(run).catch_unwind().await {
                 Ok(result) => result,
-                Err(e) => {
-                    tracing::error!(error = %e, "protected request task failed");
+                Err(_) => {
+                    tracing::error!("protected request panicked");
                     Ok(Problem::UpstreamFailed { retry_after_secs: 1 }.into_response())
                 }
             }
-        }))
+        })))
     }
 }
 
