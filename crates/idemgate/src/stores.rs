@@ -2,7 +2,9 @@
 //!
 //! - `memory` or `memory?capacity=N`: in-process, gone on restart; a random secret unless one is
 //!   configured.
-//! - anything without `://`: a directory for the embedded durable store. Unless a secret is
+//! - anything without `://`: a directory for the embedded durable store, the append-only record
+//!   log of `idemgate-store-log` (`DIR/records.log`). A directory made by an earlier version
+//!   (`DIR/records.redb` exists) keeps being opened with the redb store. Unless a secret is
 //!   configured, one is generated on first start and kept in `DIR/scope-secret` (mode 0600), so a
 //!   restart keeps replaying.
 //! - `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` (Redis, TLS, Cluster) and `postgres://…` / `postgresql://…` (PostgreSQL): shared stores for a
@@ -14,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use idemgate_core::{MemoryStore, ScopeHasher, Store, StoreError};
+use idemgate_store_log::LogStore;
 use idemgate_store_postgres::PostgresStore;
 use idemgate_store_redb::RedbStore;
 use idemgate_store_redis::RedisStore;
@@ -35,6 +38,8 @@ pub enum StoreSpecError {
     MemoryOption(String),
     #[error(transparent)]
     Embedded(#[from] idemgate_store_redb::OpenError),
+    #[error(transparent)]
+    Log(#[from] idemgate_store_log::OpenError),
     #[error("scope secret file {path}: {source}")]
     Secret { path: String, source: std::io::Error },
 }
@@ -63,12 +68,17 @@ pub async fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, 
         return Ok((store, hasher));
     }
     let dir = Path::new(spec);
-    let store = RedbStore::open(dir)?;
+    let store: Arc<dyn Store> = if dir.join("records.redb").exists() {
+        tracing::info!(dir = %dir.display(), "found records.redb from an earlier version: keeping the redb store");
+        Arc::new(RedbStore::open(dir)?)
+    } else {
+        Arc::new(LogStore::open(dir)?)
+    };
     let hasher = match secret {
         Some(s) => ScopeHasher::new(s),
         None => ScopeHasher::new(&local_secret(dir)?),
     };
-    Ok((Arc::new(store), hasher))
+    Ok((store, hasher))
 }
 
 /// Reads `DIR/scope-secret`, creating it with 32 random bytes (hex) on first use.
@@ -134,5 +144,20 @@ mod tests {
         assert_eq!(redact("redis://:pw@cache:6379/0"), "redis://:***@cache:6379/0");
         assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
         assert_eq!(redact("./idemgate-data"), "./idemgate-data");
+    }
+
+    #[tokio::test]
+    async fn directories_get_the_log_store_unless_an_earlier_version_made_them() {
+        let fresh = tempfile::tempdir().unwrap();
+        let (store, _) = open(fresh.path().to_str().unwrap(), None).await.unwrap();
+        assert_eq!(store.kind(), "embedded");
+        assert!(fresh.path().join("records.log").exists());
+        assert!(!fresh.path().join("records.redb").exists());
+        drop(store);
+        let old = tempfile::tempdir().unwrap();
+        drop(RedbStore::open(old.path()).unwrap());
+        let (store, _) = open(old.path().to_str().unwrap(), None).await.unwrap();
+        assert_eq!(store.kind(), "embedded");
+        assert!(!old.path().join("records.log").exists());
     }
 }

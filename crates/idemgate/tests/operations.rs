@@ -343,5 +343,5 @@ async fn demo_runs_in_one_command_and_charges_once() {
     let count = http.send("GET", &gw.url("/payments"), &[], "").await;
     assert_eq!(count.json()["charges"], 1);
     // The demo runs on the embedded default store, in ./idemgate-data.
-    assert!(dir.path().join("idemgate-data/records.redb").exists());
+    assert!(dir.path().join("idemgate-data/records.log").exists());
 }

@@ -1,0 +1,484 @@
+//! idemgate's embedded durable store: an append-only log with an in-memory index (bitcask
+//! style), with group commit.
+//!
+//! - **Layout.** One directory: `records.log` (every write appended as a checksummed entry, see
+//!   `format.rs`), `lock` (held with an exclusive file lock while the store is open,
+//!   so a second process cannot open it), and during compaction `records.log.compact`.
+//! - **Durability.** Every write (claim, complete, release, delete, purge) is appended and
+//!   `fdatasync`ed before its future resolves, and only then published to the index: nothing a
+//!   crash could still lose is ever visible, so a replay is never served from such a record.
+//! - **Group commit.** One writer thread owns all writes. It takes every operation waiting in its
+//!   queue (up to [`MAX_BATCH`]), decides each in arrival order against the index plus the batch's
+//!   own changes (so the second claim of a key in one batch sees the first), appends all entries
+//!   with one write, syncs once, then publishes and answers. Concurrent requests share an fsync.
+//! - **Reads.** The index holds in-flight records whole, but for a completed record only its TTL
+//!   and where its entry is: a replay or `get` reads the entry back (page cache) and decodes it.
+//!   A claim of a live completed record is answered this way without the writer.
+//! - **Recovery.** Opening reads the log once, rebuilding the index (later entries win, DEL
+//!   removes). A torn last write is truncated away with a warning; damage followed by valid
+//!   entries is corruption and the store refuses to open ([`OpenError::Corrupt`]).
+//! - **Compaction.** When the log is larger than [`LogOptions::compact_min_bytes`] and more than
+//!   twice the live entries, the writer copies the live entries into a new file, syncs it, renames
+//!   it over the log and syncs the directory: a crash leaves the old or the new log, both whole.
+//! - **Failures.** A failed write fails its batch ([`StoreError::Backend`]) and is truncated
+//!   away; a failed fsync (or a failed truncation) stops the store: every later operation gets
+//!   [`StoreError::Unavailable`] saying why, and a restart recovers from the log.
+
+#![deny(missing_docs)]
+
+mod format;
+mod index;
+mod writer;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
+use std::thread;
+
+use bytes::Bytes;
+use idemgate_core::record::{decide_claim, CorruptRecord};
+use idemgate_core::{
+    BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Purged, Record, RecordId, Store, StoreError,
+    StoredResponse,
+};
+use tokio::sync::oneshot;
+
+use crate::format::{Op, Tail, HEADER_LEN, MAGIC};
+use crate::index::{Index, Loc, View};
+use crate::writer::{Request, Writer};
+
+pub use crate::writer::MAX_BATCH;
+
+const LOG_FILE: &str = "records.log";
+const COMPACT_FILE: &str = "records.log.compact";
+const LOCK_FILE: &str = "lock";
+
+/// Tuning for [`LogStore::open_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LogOptions {
+    /// The log is never compacted while smaller than this (bytes). Default 64 MiB.
+    pub compact_min_bytes: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            compact_min_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Opening the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The directory could not be created.
+    #[error("cannot create store directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another process (or another store in this one) has the directory open.
+    #[error("embedded store {path} is in use by another process (its lock file is held)")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A file of the store could not be opened, read, repaired or written.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The log file does not start with the log's magic bytes.
+    #[error("{path} is not an idemgate record log (unknown header)")]
+    NotALog {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// The log is damaged before its end: refusing to drop the acknowledged records after it.
+    #[error("record log {path} is corrupt at offset {offset} ({reason}) and valid records follow; restore it from a backup or truncate it at that offset by hand")]
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// Where the damaged entry starts.
+        offset: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// An I/O failure of the running store, boxed into [`StoreError::Backend`].
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Arc<io::Error>,
+    },
+    /// An encoded record does not fit one entry (4 GiB).
+    #[error("record of {len} bytes is too large for the record log")]
+    TooLarge {
+        /// The record's size.
+        len: usize,
+    },
+}
+
+impl LogError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        LogError::Io {
+            action,
+            path: path.to_path_buf(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// What the store's users and its writer thread share.
+pub(crate) struct Shared {
+    pub(crate) index: Index,
+    /// The current log file. Readers hold the read lock from the index lookup until the entry is
+    /// read; compaction swaps the file and every offset under the write lock.
+    pub(crate) file: RwLock<Arc<File>>,
+    /// Set once when the store stops after a failure it cannot undo.
+    pub(crate) failure: OnceLock<String>,
+    pub(crate) closed: AtomicBool,
+    pub(crate) dir: PathBuf,
+    pub(crate) path: PathBuf,
+}
+
+impl Shared {
+    /// The error every operation gets once the store has failed.
+    pub(crate) fn failed(&self) -> Option<StoreError> {
+        self.failure.get().map(|why| {
+            StoreError::Unavailable(format!(
+                "the embedded store stopped after a failure: {why}; restart to recover from the log"
+            ))
+        })
+    }
+
+    pub(crate) fn status(&self) -> Result<(), StoreError> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(gone());
+        }
+        Ok(())
+    }
+
+    /// The record `view` describes, reading a completed record's entry from `file`.
+    pub(crate) fn materialize(&self, file: &File, id: &RecordId, view: View) -> Result<Record, StoreError> {
+        match view {
+            View::InFlight {
+                fingerprint,
+                token,
+                lease_until_ms,
+                ..
+            } => Ok(Record::InFlight {
+                fingerprint,
+                token,
+                lease_until_ms,
+            }),
+            View::Completed { loc, .. } => self.read_entry(file, id, loc),
+        }
+    }
+
+    fn read_entry(&self, file: &File, id: &RecordId, loc: Loc) -> Result<Record, StoreError> {
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)
+            .map_err(|e| StoreError::Backend(Box::new(LogError::io("read an entry of", &self.path, e))))?;
+        let entry = format::parse_entry(loc.offset, Bytes::from(buf)).map_err(|b| CorruptRecord(b.reason()))?;
+        if entry.op != Op::Put || entry.id != *id {
+            return Err(CorruptRecord("the index points at another record's entry").into());
+        }
+        Ok(Record::decode(entry.record)?)
+    }
+
+    /// The stored record, read under the file lock so compaction cannot move it meanwhile.
+    fn get(&self, id: &RecordId, live_completed_at: Option<u64>) -> Result<Option<Record>, StoreError> {
+        let file = self.file.read().unwrap_or_else(|p| p.into_inner());
+        let Some(view) = self.index.get(id) else {
+            return Ok(None);
+        };
+        if let Some(now_ms) = live_completed_at {
+            if !matches!(view, View::Completed { .. }) || view.deadline_ms() <= now_ms {
+                return Ok(None);
+            }
+        }
+        self.materialize(&file, id, view).map(Some)
+    }
+
+    /// Stops the store for good after a failure that leaves the file in doubt.
+    pub(crate) fn fail(&self, why: String) {
+        tracing::error!(path = %self.path.display(), "embedded store stopped: {why}");
+        let _ = self.failure.set(why);
+    }
+}
+
+fn gone() -> StoreError {
+    StoreError::Unavailable("the embedded store is shut down".into())
+}
+
+/// The embedded durable store (see the crate docs).
+pub struct LogStore {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Holds the directory's lock while the store is open.
+    _lock: File,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the store in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
+        Self::open_with(dir, LogOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, recovering the index from its log.
+    pub fn open_with(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self, OpenError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let io_err = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { action, path, source }
+        };
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+        }
+        // A compaction that did not reach its rename: the log itself is whole.
+        let compact_path = dir.join(COMPACT_FILE);
+        match std::fs::remove_file(&compact_path) {
+            Ok(()) => tracing::info!(path = %compact_path.display(), "removed an unfinished compaction"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &compact_path)(e)),
+        }
+        let path = dir.join(LOG_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        let file_len = file.metadata().map_err(io_err("stat", &path))?.len();
+        let index = Index::new();
+        let mut live_bytes = 0u64;
+        let tail = format::scan(BufReader::with_capacity(1 << 20, &file), file_len, |e| {
+            let loc = Loc {
+                offset: e.offset,
+                len: e.len,
+            };
+            let old = match e.op {
+                Op::Put => {
+                    let record = Record::decode(e.record).map_err(|c| c.0)?;
+                    live_bytes += u64::from(e.len);
+                    index.insert(e.id, &record, loc)
+                }
+                Op::Del => index.remove(&e.id),
+            };
+            if let Some(old) = old {
+                live_bytes -= u64::from(old.loc().len);
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            format::ScanError::Io(source) => io_err("read", &path)(source),
+            format::ScanError::BadMagic => OpenError::NotALog { path: path.clone() },
+            format::ScanError::Corrupt { offset, reason } => OpenError::Corrupt {
+                path: path.clone(),
+                offset,
+                reason,
+            },
+        })?;
+        let file_len = match tail {
+            Tail::Clean if file_len > 0 => file_len,
+            Tail::Torn { valid_len } if valid_len >= HEADER_LEN => {
+                tracing::warn!(
+                    path = %path.display(),
+                    dropped_bytes = file_len - valid_len,
+                    "record log ends with a torn write (a crash during an unacknowledged write); truncating it"
+                );
+                file.set_len(valid_len).map_err(io_err("truncate", &path))?;
+                file.sync_all().map_err(io_err("fsync", &path))?;
+                valid_len
+            }
+            // New (or torn while being created): start it.
+            Tail::Clean | Tail::Torn { .. } => {
+                file.set_len(0).map_err(io_err("truncate", &path))?;
+                (&file).write_all(MAGIC).map_err(io_err("write", &path))?;
+                file.sync_all().map_err(io_err("fsync", &path))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err("fsync", dir))?;
+                HEADER_LEN
+            }
+        };
+        let file = Arc::new(file);
+        let shared = Arc::new(Shared {
+            index,
+            file: RwLock::new(file.clone()),
+            failure: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            dir: dir.to_path_buf(),
+            path,
+        });
+        let writer = Writer::new(shared.clone(), file, file_len, live_bytes, options);
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::Builder::new()
+            .name("idemgate-log-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(|source| OpenError::Io {
+                action: "start the writer thread for",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            _lock: lock,
+        })
+    }
+
+    /// Stops the writer after the operations already queued; later operations fail with
+    /// [`StoreError::Unavailable`].
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        self.shared.status()?;
+        let (tx, rx) = oneshot::channel();
+        if !self.send(make(tx)) {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    fn send(&self, op: Request) -> bool {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().is_some_and(|tx| tx.send(op).is_ok())
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Store for LogStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn claim(&self, req: ClaimRequest) -> BoxFuture<'_, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            self.shared.status()?;
+            // Fast path: a live completed record needs no write.
+            if let Some(rec) = self.shared.get(&req.id, Some(req.now_ms))? {
+                return Ok(decide_claim(Some(&rec), &req).0);
+            }
+            self.call(|tx| Request::Claim(req, tx)).await
+        })
+    }
+
+    fn complete(
+        &self,
+        id: RecordId,
+        token: FencingToken,
+        response: StoredResponse,
+        expires_at_ms: u64,
+    ) -> BoxFuture<'_, Result<(), CompleteError>> {
+        Box::pin(async move {
+            self.shared.status()?;
+            let (tx, rx) = oneshot::channel();
+            if !self.send(Request::Complete(id, token, response, expires_at_ms, tx)) {
+                return Err(gone().into());
+            }
+            rx.await.unwrap_or_else(|_| Err(gone().into()))
+        })
+    }
+
+    fn release(&self, id: RecordId, token: FencingToken) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.call(move |tx| Request::Release(id, token, tx)))
+    }
+
+    fn get(&self, id: RecordId) -> BoxFuture<'_, Result<Option<Record>, StoreError>> {
+        Box::pin(async move {
+            self.shared.status()?;
+            self.shared.get(&id, None)
+        })
+    }
+
+    fn delete(&self, id: RecordId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.call(move |tx| Request::Delete(id, tx)))
+    }
+
+    fn purge_expired(&self, now_ms: u64, limit: usize) -> BoxFuture<'_, Result<Purged, StoreError>> {
+        Box::pin(self.call(move |tx| Request::Purge(now_ms, limit, tx)))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(self.shared.status()))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Every acknowledged write is already synced; closing drains what is queued.
+        self.close();
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        Some(self.shared.index.len())
+    }
+}
