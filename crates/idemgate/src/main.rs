@@ -109,9 +109,12 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     let layer = IdempotencyLayer::new(store.clone(), hasher, settings.layer.clone());
     let svc = layer.layer(proxy);
 
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener = if settings.threads <= 1 {
+        TcpListener::bind(settings.listen).await
+    } else {
+        server::bind_reuseport(settings.listen).and_then(TcpListener::from_std)
+    }
+    .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let admin_task = match settings.admin_listen {
         Some(a) => {
@@ -149,7 +152,22 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     if let Some(banner) = banner {
         banner(addr);
     }
-    server::serve(listener, svc, shutdown_signal(), settings.shutdown_timeout).await;
+    if settings.threads <= 1 {
+        server::serve(listener, svc, shutdown_signal(), settings.shutdown_timeout).await;
+    } else {
+        let first = listener.into_std()?;
+        let make_svc = || -> anyhow::Result<_> {
+            Ok(layer.layer(proxy::Proxy::new(&settings.upstream, settings.upstream_timeout)?))
+        };
+        server::serve_threads(
+            first,
+            settings.threads,
+            make_svc,
+            shutdown_signal(),
+            settings.shutdown_timeout,
+        )
+        .await?;
+    }
     housekeeping.abort();
     if let Some(t) = upkeep {
         t.abort();

@@ -1,5 +1,12 @@
 //! The gateway's listener: HTTP/1.1 connections served by the idempotency layer around the
 //! proxy, with graceful shutdown (stop accepting, let in-flight requests finish, bounded).
+//!
+//! [`serve_threads`] runs one serving thread per CPU, like nginx's workers: each thread has a
+//! current-thread tokio runtime, its own listener on the port (`SO_REUSEPORT`: the kernel spreads
+//! new connections across them) and its own upstream connection pool, so a request's tasks (the
+//! client connection, the exchange, the upstream connection) never wake each other across
+//! threads. The store and the layer's state are shared. [`serve`] is one listener on the
+//! caller's runtime (`--threads 1`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -89,4 +96,76 @@ pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Fu
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "in-flight requests did not finish in time");
     }
+}
+
+/// Serves on `threads` threads (see the module docs) until `shutdown` resolves, then lets each
+/// drain for at most `drain`. `first` is a listener made by [`bind_reuseport`]; the other
+/// threads bind their own to its address.
+pub async fn serve_threads<F>(
+    first: std::net::TcpListener,
+    threads: usize,
+    make_svc: F,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> anyhow::Result<GatewayService>,
+{
+    use anyhow::Context as _;
+    let addr = first.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::with_capacity(threads);
+    let mut first = Some(first);
+    for i in 0..threads {
+        let listener = match first.take() {
+            Some(l) => l,
+            None => bind_reuseport(addr).with_context(|| format!("cannot listen on {addr}"))?,
+        };
+        let svc = make_svc()?;
+        let mut stop = stop_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("idemgate-http-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    };
+                    serve(listener, svc, shutdown, drain).await;
+                    Ok(())
+                })
+            })
+            .context("cannot start a serving thread")?;
+        handles.push(handle);
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || {
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "serving thread failed"),
+                Err(_) => tracing::error!("serving thread panicked"),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Binds `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), so one listener per serving thread can
+/// share the port and the kernel spreads connections across them.
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
+    listener.into_std()
 }

@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// How often expired records are purged [default: 30s].
     #[arg(long, env = "IDEMGATE_PURGE_INTERVAL", value_parser = parse_duration)]
     pub purge_interval: Option<Duration>,
+    /// Serving threads, each with its own listener on the port (SO_REUSEPORT), event loop and
+    /// upstream pool; 1 serves from one shared multi-threaded runtime instead
+    /// [default: the number of CPUs].
+    #[arg(long, env = "IDEMGATE_THREADS")]
+    pub threads: Option<usize>,
 }
 
 /// Parses humantime durations: `500ms`, `2s`, `24h`.
@@ -140,6 +145,7 @@ pub struct FileConfig {
     scope_secret_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
     purge_interval: Option<String>,
+    threads: Option<usize>,
     fingerprint: Option<FileFingerprint>,
     #[serde(default, rename = "route")]
     routes: Vec<FileRoute>,
@@ -179,6 +185,7 @@ pub struct Settings {
     pub scope_secret: Option<Vec<u8>>,
     pub shutdown_timeout: Duration,
     pub purge_interval: Duration,
+    pub threads: usize,
     pub layer: IdempotencyConfig,
 }
 
@@ -417,6 +424,11 @@ impl Settings {
                 .purge_interval
                 .or(dur("purge_interval", file.purge_interval)?)
                 .unwrap_or(Duration::from_secs(30)),
+            threads: match args.threads.or(file.threads) {
+                Some(0) => return Err(invalid("threads")("must be at least 1".into())),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, usize::from),
+            },
             layer,
         })
     }

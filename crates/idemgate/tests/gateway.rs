@@ -317,3 +317,46 @@ async fn rule8_expired_keys_execute_again_and_are_purged() {
     assert!(!again.replayed());
     assert_eq!(up.executions(), 2);
 }
+
+/// Every serving thread has its own listener and upstream pool but all share one store: a key
+/// sent concurrently over many connections (spread across the threads by the kernel) executes
+/// once, whatever the thread count; `--threads 1` serves from the shared runtime instead.
+#[tokio::test]
+async fn serving_threads_share_one_store() {
+    for threads in ["1", "4"] {
+        let up = Upstream::start().await;
+        let base = memory(&up);
+        let gw = Gateway::start(&args(&base, &["--threads", threads]));
+        let url = gw.url("/pay?delay_ms=100");
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                // A client each, so every request comes on its own connection.
+                let url = url.clone();
+                tokio::spawn(async move { Http::default().post(&url, &format!("k{}", i % 4), "{}").await })
+            })
+            .collect();
+        for t in tasks {
+            let status = t.await.unwrap().status;
+            assert!(status == 201 || status == 409, "threads={threads}: {status}");
+        }
+        assert_eq!(up.executions(), 4, "threads={threads}");
+        for i in 0..4 {
+            let again = Http::default().post(&url, &format!("k{i}"), "{}").await;
+            assert!(again.replayed(), "threads={threads}");
+        }
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idemgate"))
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--store",
+            "memory",
+            "--threads",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("threads"));
+}
