@@ -23,7 +23,7 @@ LABELS = {
     "direct": "upstream direct",
     "nginx": "nginx proxy_pass",
     "memory": "idemgate, memory",
-    "embedded": "idemgate, embedded (redb)",
+    "embedded": "idemgate, embedded (log)",
     "redis": "idemgate, Redis",
     "postgres": "idemgate, PostgreSQL",
     "express": "express + express-idempotency",

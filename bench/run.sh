@@ -12,7 +12,7 @@
 #        direct     the upstream alone (the limit)                         BASE_PORT+0
 #        nginx      nginx proxy_pass -> upstream (bench/nginx.conf)         BASE_PORT+80
 #        memory     idemgate --store memory                                 BASE_PORT+81  (admin +181)
-#        embedded   idemgate --store DIR (redb, fsync, group commit)        BASE_PORT+82  (admin +182)
+#        embedded   idemgate --store DIR (record log, fdatasync, group commit) BASE_PORT+82  (admin +182)
 #        redis      idemgate --store redis://  (private redis-server +379)  BASE_PORT+83  (admin +183)
 #        postgres   idemgate --store postgres:// (private initdb, +432)     BASE_PORT+84  (admin +184)
 #        express    express + express-idempotency, same handler (peer)      BASE_PORT+101

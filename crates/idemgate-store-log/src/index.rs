@@ -18,6 +18,13 @@ use idemgate_core::{FencingToken, Fingerprint, Record, RecordId};
 
 const SHARDS: usize = 64;
 
+/// Where the purge walk is: the next shard, and how many shards this pass has finished.
+#[derive(Debug, Default)]
+pub(crate) struct PurgeCursor {
+    shard: usize,
+    visited: usize,
+}
+
 /// Where an entry is in the log file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc {
@@ -168,25 +175,25 @@ impl Index {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Up to `limit` ids whose deadline is at or before `now_ms`, walking whole shards from
-    /// `cursor` and stopping after `budget` records were looked at. Returns the ids and whether
-    /// the walk stopped before covering every shard.
+    /// Up to `limit` expired ids, looking at about `budget` records, from where the last call
+    /// stopped (`cursor`). The second value is `more`: true until a call finishes a whole pass
+    /// over the shards, so a caller that loops while `more` makes at most one pass per round
+    /// (with a bound per call) instead of looping forever on a large index.
     pub(crate) fn expired(
         &self,
         now_ms: u64,
         limit: usize,
         budget: usize,
-        cursor: &mut usize,
+        cursor: &mut PurgeCursor,
     ) -> (Vec<RecordId>, bool) {
         let mut found = Vec::new();
         let mut scanned = 0;
-        for step in 0..SHARDS {
-            let n = (*cursor + step) % SHARDS;
+        while cursor.visited < SHARDS {
+            let n = cursor.shard;
             let shard = self.lock(n);
             for (id, slot) in shard.iter() {
                 if found.len() >= limit {
                     // Stay on this shard: the next call starts over on it, minus what is purged.
-                    *cursor = n;
                     return (found, true);
                 }
                 if slot.deadline_ms <= now_ms {
@@ -194,11 +201,14 @@ impl Index {
                 }
             }
             scanned += shard.len();
-            if scanned >= budget && step + 1 < SHARDS {
-                *cursor = (n + 1) % SHARDS;
+            cursor.shard = (n + 1) % SHARDS;
+            cursor.visited += 1;
+            if scanned >= budget && cursor.visited < SHARDS {
                 return (found, true);
             }
         }
+        // A whole pass: the next call starts another one.
+        cursor.visited = 0;
         (found, false)
     }
 

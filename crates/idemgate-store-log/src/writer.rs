@@ -2,10 +2,21 @@
 //!
 //! The writer owns every change to the log and the index. For each batch of queued operations it
 //! decides them in arrival order against the index plus an overlay of the batch's own changes,
-//! appends all their entries with one positional write at the end of the log, `fdatasync`s once,
-//! and only then publishes the overlay to the index and answers the callers. If the write fails
-//! the batch fails and the file is truncated back; if the sync (or that truncation) fails the
-//! store stops, since the page cache may no longer match the disk.
+//! appends all their entries as one batch frame (see `format.rs`) with one positional write at
+//! the end of the log, `fdatasync`s once, and only then publishes the overlay to the index and
+//! answers the callers. If the write fails the batch fails and the file is truncated back; if the
+//! sync (or that truncation) fails the store stops, since the page cache may no longer match the
+//! disk. (A batch whose entries pass [`BATCH_SPLIT_BYTES`] is committed in several frames, each
+//! synced before the next is written, so a frame's body always fits its `u32` length.)
+//!
+//! **Preallocation.** Appending to a growing file makes every `fdatasync` journal the size change;
+//! overwriting space that was already written with zeros and synced does not, and costs about
+//! half as much. So the writer keeps `alloc_end`, the end of the zero-filled space, besides
+//! `file_len`, the end of the log. Before a batch would pass `alloc_end` it writes zeros from
+//! `alloc_end` to the batch's end plus [`LogOptions::prealloc_bytes`] and `fsync`s them once (the
+//! size change), then writes and `fdatasync`s the batch as usual. A failure while preallocating
+//! fails the batch like a failed write. The scan at open reads the zeros as the end of the log,
+//! and open truncates them away.
 //!
 //! After a batch, when the log is larger than `compact_min_bytes` and more than twice the bytes
 //! of the entries the index points at, the writer compacts: it copies those entries into
@@ -15,8 +26,9 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
 use idemgate_core::record::{decide_claim, decide_complete, decide_release};
@@ -25,8 +37,8 @@ use idemgate_core::{
 };
 use tokio::sync::oneshot;
 
-use crate::format::{self, Op, HEADER_LEN, MAGIC};
-use crate::index::Loc;
+use crate::format::{self, Op, BATCH_HEAD, COMPACT_BATCH_BYTES, HEADER_LEN, MAGIC};
+use crate::index::{Loc, PurgeCursor};
 use crate::{LogError, LogOptions, Shared, COMPACT_FILE};
 
 /// Most operations committed with one write and one fsync.
@@ -34,6 +46,13 @@ pub const MAX_BATCH: usize = 512;
 
 /// Index records looked at per purge call, so a purge never holds the writer for long.
 const PURGE_SCAN: usize = 4096;
+
+/// Once a batch's entries reach this many bytes, the operations decided so far are committed
+/// before the next one is decided (the rest of the batch goes into a new frame).
+const BATCH_SPLIT_BYTES: usize = 64 << 20;
+
+/// What preallocation writes from.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -102,10 +121,32 @@ struct Pending {
 }
 
 impl Pending {
+    /// An empty batch that will start at `base`.
+    fn new(base: u64) -> Self {
+        let mut buf = Vec::new();
+        format::begin_batch(&mut buf);
+        Self {
+            overlay: HashMap::new(),
+            buf,
+            base,
+        }
+    }
+
+    /// Bytes of the entries so far.
+    fn body_len(&self) -> usize {
+        self.buf.len() - BATCH_HEAD
+    }
+
     fn put(&mut self, id: RecordId, record: Record) -> Result<(), StoreError> {
+        let too_large = |len| StoreError::Backend(Box::new(LogError::TooLarge { len }));
+        let encoded = record.encode();
+        // The batch's body must fit its u32 length (checked before the entry is appended).
+        if self.body_len().saturating_add(format::put_len(encoded.len())) > u32::MAX as usize {
+            return Err(too_large(encoded.len()));
+        }
+        // Offsets point at the entry, inside the batch: the buffer starts with the batch header.
         let offset = self.base + self.buf.len() as u64;
-        let len = format::append_put(&mut self.buf, &id, &record.encode())
-            .map_err(|t| StoreError::Backend(Box::new(LogError::TooLarge { len: t.0 })))?;
+        let len = format::append_put(&mut self.buf, &id, &encoded).map_err(|t| too_large(t.0))?;
         self.overlay.insert(id, Some((record, Loc { offset, len })));
         Ok(())
     }
@@ -121,12 +162,14 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     /// The current log (the same file as `shared.file`; only this thread swaps it).
     file: Arc<File>,
-    /// Where the next entry goes: the end of the durable log.
+    /// Where the next batch goes: the end of the durable log (its logical length).
     file_len: u64,
+    /// The end of the file: zeros from `file_len` on, written and synced ahead of the log.
+    alloc_end: u64,
     /// Bytes of the entries the index points at.
     live_bytes: u64,
     options: LogOptions,
-    purge_cursor: usize,
+    purge_cursor: PurgeCursor,
     /// No compaction before the log reaches this size (raised after a failed compaction).
     compact_floor: u64,
 }
@@ -143,10 +186,11 @@ impl Writer {
             shared,
             file,
             file_len,
+            alloc_end: file_len,
             live_bytes,
             compact_floor: options.compact_min_bytes,
             options,
-            purge_cursor: 0,
+            purge_cursor: PurgeCursor::default(),
         }
     }
 
@@ -173,14 +217,32 @@ impl Writer {
             }
             return;
         }
-        let mut pending = Pending {
-            overlay: HashMap::new(),
-            buf: Vec::new(),
-            base: self.file_len,
-        };
-        let done: Vec<Done> = ops.drain(..).map(|op| self.decide(&mut pending, op)).collect();
-        if !pending.buf.is_empty() {
-            if let Err(e) = self.append(&pending.buf) {
+        let mut pending = Pending::new(self.file_len);
+        let mut done = Vec::with_capacity(ops.len());
+        for op in ops.drain(..) {
+            if pending.body_len() >= BATCH_SPLIT_BYTES {
+                let full = std::mem::replace(&mut pending, Pending::new(0));
+                self.commit(full, std::mem::take(&mut done));
+                pending = Pending::new(self.file_len);
+            }
+            done.push(self.decide(&mut pending, op));
+        }
+        self.commit(pending, done);
+    }
+
+    /// Writes the batch's entries as one frame, syncs them, then publishes and answers.
+    fn commit(&mut self, mut pending: Pending, done: Vec<Done>) {
+        if self.shared.failure.get().is_some() {
+            for d in done {
+                d.fail(|| self.shared.failed().unwrap_or_else(crate::gone));
+            }
+            return;
+        }
+        if pending.body_len() > 0 {
+            let written = format::seal_batch(&mut pending.buf)
+                .map_err(|t| LogError::TooLarge { len: t.0 })
+                .and_then(|()| self.append(&pending.buf));
+            if let Err(e) = written {
                 tracing::error!(error = %e, "embedded store write failed; {} operations failed", done.len());
                 for d in done {
                     d.fail(|| StoreError::Backend(Box::new(e.clone())));
@@ -271,27 +333,62 @@ impl Writer {
         }
     }
 
-    /// Appends `buf` at the end of the log and syncs it.
+    /// Appends the sealed batch `buf` at the end of the log and syncs it.
     fn append(&mut self, buf: &[u8]) -> Result<(), LogError> {
-        let path = &self.shared.path;
-        if let Err(e) = self.file.write_all_at(buf, self.file_len) {
-            let err = LogError::io("append a batch to", path, e);
-            // Cut the partial batch off, so the next one continues after the last good entry.
-            if let Err(e2) = self.file.set_len(self.file_len).and_then(|()| self.file.sync_data()) {
+        let end = self.file_len + buf.len() as u64;
+        let written = self.preallocate(end).and_then(|()| {
+            self.file
+                .write_all_at(buf, self.file_len)
+                .map_err(|e| LogError::io("append a batch to", &self.shared.path, e))
+        });
+        if let Err(err) = written {
+            // Cut the partial batch (and any preallocation) off, so the next batch continues after
+            // the last good one.
+            self.alloc_end = self.file_len;
+            if let Err(e2) = self.file.set_len(self.file_len).and_then(|()| self.file.sync_all()) {
                 self.shared
                     .fail(format!("{err}, and truncating the partial write away failed: {e2}"));
             }
             return Err(err);
         }
         if let Err(e) = self.file.sync_data() {
-            let err = LogError::io("fsync", path, e);
+            let err = LogError::io("fsync", &self.shared.path, e);
             // After a failed fsync the kernel may have dropped the dirty pages: what a read
             // returns can differ from the disk, so nothing more may be written or served.
             self.shared.fail(err.to_string());
             return Err(err);
         }
-        self.file_len += buf.len() as u64;
+        self.set_file_len(end);
         Ok(())
+    }
+
+    /// Makes sure the file is zero-filled (and its size synced) up to at least `end`, growing it
+    /// by `prealloc_bytes` beyond `end` when it must grow.
+    fn preallocate(&mut self, end: u64) -> Result<(), LogError> {
+        let step = self.options.prealloc_bytes;
+        if end <= self.alloc_end || step == 0 {
+            return Ok(());
+        }
+        let path = &self.shared.path;
+        let target = end.max(self.alloc_end).saturating_add(step);
+        let mut at = self.alloc_end;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], at)
+                .map_err(|e| LogError::io("preallocate space in", path, e))?;
+            at += n as u64;
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| LogError::io("fsync the preallocated space of", path, e))?;
+        self.alloc_end = target;
+        Ok(())
+    }
+
+    fn set_file_len(&mut self, len: u64) {
+        self.file_len = len;
+        self.shared.log_len.store(len, Ordering::Release);
     }
 
     /// Makes the batch's durable changes visible.
@@ -344,7 +441,7 @@ impl Writer {
                 .map(|()| w)
                 .map_err(|e| LogError::io("rename the compacted log over", &self.shared.path, e))
         });
-        let (file, len, moved) = match renamed {
+        let (file, len, live, moved) = match renamed {
             Ok(w) => w,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp_path);
@@ -361,8 +458,9 @@ impl Writer {
             *current = file.clone();
         }
         self.file = file;
-        self.file_len = len;
-        self.live_bytes = len - HEADER_LEN;
+        self.set_file_len(len);
+        self.alloc_end = len;
+        self.live_bytes = live;
         self.compact_floor = self.options.compact_min_bytes;
         if let Err(e) = synced {
             let err = LogError::io("fsync the directory of", &self.shared.path, e);
@@ -373,10 +471,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Copies every live entry into a synced file at `tmp_path`: the file, its length, and each
-    /// record's new offset.
+    /// Copies every live entry into a synced file at `tmp_path`, in batches of up to
+    /// [`COMPACT_BATCH_BYTES`]: the file, its length, the bytes of its entries, and each record's
+    /// new offset.
     #[allow(clippy::type_complexity)]
-    fn write_compacted(&self, tmp_path: &std::path::Path) -> Result<(File, u64, Vec<(RecordId, u64)>), LogError> {
+    fn write_compacted(&self, tmp_path: &std::path::Path) -> Result<(File, u64, u64, Vec<(RecordId, u64)>), LogError> {
         let err = |action| move |e| LogError::io(action, tmp_path, e);
         let tmp = OpenOptions::new()
             .read(true)
@@ -387,17 +486,33 @@ impl Writer {
             .map_err(err("create"))?;
         let entries = self.shared.index.locations();
         let mut moved = Vec::with_capacity(entries.len());
-        let mut out = BufWriter::with_capacity(1 << 20, &tmp);
+        let mut out = &tmp;
         out.write_all(MAGIC).map_err(err("write"))?;
+        // Where the batch being filled starts.
         let mut pos = HEADER_LEN;
-        let mut buf = Vec::new();
+        let mut live = 0u64;
+        let mut batch = Vec::new();
+        format::begin_batch(&mut batch);
+        let mut flush = |batch: &mut Vec<u8>, pos: &mut u64| -> Result<(), LogError> {
+            format::seal_batch(batch).map_err(|t| LogError::TooLarge { len: t.0 })?;
+            out.write_all(batch).map_err(err("write"))?;
+            *pos += batch.len() as u64;
+            batch.clear();
+            format::begin_batch(batch);
+            Ok(())
+        };
         for (id, loc) in entries {
-            buf.resize(loc.len as usize, 0);
+            let len = loc.len as usize;
+            if batch.len() > BATCH_HEAD && batch.len() - BATCH_HEAD + len > COMPACT_BATCH_BYTES {
+                flush(&mut batch, &mut pos)?;
+            }
+            let start = batch.len();
+            batch.resize(start + len, 0);
             self.file
-                .read_exact_at(&mut buf, loc.offset)
+                .read_exact_at(&mut batch[start..], loc.offset)
                 .map_err(|e| LogError::io("read an entry of", &self.shared.path, e))?;
-            // Never carry damage over into the new log: it would look like a torn write there.
-            match format::check(&buf) {
+            // Never carry damage over into the new log: it would be refused there.
+            match format::check(&batch[start..]) {
                 Ok((Op::Put, got)) if got == id => {}
                 _ => {
                     return Err(LogError::io(
@@ -410,13 +525,13 @@ impl Writer {
                     ))
                 }
             }
-            out.write_all(&buf).map_err(err("write"))?;
-            moved.push((id, pos));
-            pos += u64::from(loc.len);
+            moved.push((id, pos + start as u64));
+            live += u64::from(loc.len);
         }
-        out.flush().map_err(err("write"))?;
-        drop(out);
+        if batch.len() > BATCH_HEAD {
+            flush(&mut batch, &mut pos)?;
+        }
         tmp.sync_all().map_err(err("fsync"))?;
-        Ok((tmp, pos, moved))
+        Ok((tmp, pos, live, moved))
     }
 }

@@ -1,9 +1,11 @@
 //! What the log store promises beyond the store contract: records survive reopen, a torn tail
-//! is repaired, damage before the tail is refused, compaction keeps every live record (also
-//! while claims and replays run), and the directory is locked against a second opener.
+//! (also one with a hole in the last batch) is repaired, damage before the last batch is refused,
+//! preallocated space is no damage, compaction keeps every live record (also while claims and
+//! replays run), and the directory is locked against a second opener.
 
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,8 +67,74 @@ async fn assert_replays(s: &LogStore, n: u32, now: u64, b: &[u8]) {
     }
 }
 
-fn log_len(dir: &Path) -> u64 {
+/// The log file's length on disk (preallocated zeros included; see `LogStore::log_len`).
+fn disk_len(dir: &Path) -> u64 {
     std::fs::metadata(dir.join(LOG)).unwrap().len()
+}
+
+/// Where each batch frame of a log file starts.
+fn frames(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut pos = 8;
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        out.push(pos);
+        pos += 8 + len;
+    }
+    out
+}
+
+/// A PUT entry (op 1) or, without a record, a DEL entry (op 2), as the store encodes them.
+fn entry(id: &RecordId, record: Option<&Record>) -> Vec<u8> {
+    let mut payload = vec![if record.is_some() { 1 } else { 2 }];
+    payload.extend_from_slice(&id.0);
+    if let Some(r) = record {
+        payload.extend_from_slice(&r.encode());
+    }
+    let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// A batch frame of `entries`.
+fn frame(entries: &[Vec<u8>]) -> Vec<u8> {
+    let body = entries.concat();
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Counts the warnings (and errors) logged on this thread.
+struct Warnings(Arc<AtomicUsize>);
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Opens the store, counting the warnings the opening logs.
+fn open_counting_warnings(dir: &Path, options: LogOptions) -> (LogStore, usize) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = tracing::subscriber::with_default(Warnings(count.clone()), || LogStore::open_with(dir, options)).unwrap();
+    (s, count.load(Ordering::Relaxed))
 }
 
 fn small(min: u64) -> LogOptions {
@@ -121,35 +189,43 @@ async fn a_torn_tail_is_truncated_and_the_log_keeps_working() {
         &[0xff, 0xff, 0, 0, 1, 2, 3, 4, 5, 6, 7][..],
         &[0; 8][..],
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let now = time::now_ms();
-        {
-            let s = LogStore::open(dir.path()).unwrap();
-            for n in 0..5 {
-                executed(&s, n, now, &body(n, 100)).await;
+        // Where a crash leaves it: right after the log (in the preallocated zeros), or after
+        // the preallocated zeros.
+        for after_the_zeros in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let now = time::now_ms();
+            let good = {
+                let s = LogStore::open(dir.path()).unwrap();
+                for n in 0..5 {
+                    executed(&s, n, now, &body(n, 100)).await;
+                }
+                s.log_len()
+            };
+            let at = if after_the_zeros { disk_len(dir.path()) } else { good };
+            assert!(disk_len(dir.path()) > good, "the log is preallocated");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join(LOG))
+                .unwrap()
+                .write_all_at(garbage, at)
+                .unwrap();
+            {
+                let (s, warnings) = open_counting_warnings(dir.path(), LogOptions::default());
+                assert_eq!(warnings, usize::from(garbage.iter().any(|&b| b != 0)), "{garbage:?}");
+                assert_eq!(disk_len(dir.path()), good, "the torn bytes and the zeros are cut off");
+                assert_eq!(s.log_len(), good);
+                for n in 0..5 {
+                    assert_replays(&s, n, now, &body(n, 100)).await;
+                }
+                executed(&s, 5, now, b"after").await;
             }
-        }
-        let good = log_len(dir.path());
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(LOG))
-            .unwrap()
-            .write_all(garbage)
-            .unwrap();
-        {
             let s = LogStore::open(dir.path()).unwrap();
-            assert_eq!(log_len(dir.path()), good, "the torn bytes are cut off");
+            assert_eq!(s.len_hint(), Some(6));
             for n in 0..5 {
                 assert_replays(&s, n, now, &body(n, 100)).await;
             }
-            executed(&s, 5, now, b"after").await;
+            assert_replays(&s, 5, now, b"after").await;
         }
-        let s = LogStore::open(dir.path()).unwrap();
-        assert_eq!(s.len_hint(), Some(6));
-        for n in 0..5 {
-            assert_replays(&s, n, now, &body(n, 100)).await;
-        }
-        assert_replays(&s, 5, now, b"after").await;
     }
 }
 
@@ -159,26 +235,30 @@ async fn a_bad_checksum_on_the_last_entry_is_a_torn_write() {
     let now = time::now_ms();
     let token;
     let before_completion;
+    let end;
     {
         let s = LogStore::open(dir.path()).unwrap();
         executed(&s, 1, now, b"one").await;
         token = acquire(&s, req(2, now)).await;
-        before_completion = log_len(dir.path());
+        before_completion = s.log_len();
         s.complete(id(2), token, response(b"two"), now + 60_000).await.unwrap();
+        end = s.log_len();
     }
     let path = dir.path().join(LOG);
     let mut bytes = std::fs::read(&path).unwrap();
-    *bytes.last_mut().unwrap() ^= 0x55;
+    // The last byte of the log (the file goes on with preallocated zeros).
+    bytes[end as usize - 1] ^= 0x55;
     std::fs::write(&path, bytes).unwrap();
-    let s = LogStore::open(dir.path()).unwrap();
-    assert_eq!(log_len(dir.path()), before_completion);
+    let (s, warnings) = open_counting_warnings(dir.path(), LogOptions::default());
+    assert_eq!(warnings, 1, "a torn write is reported");
+    assert_eq!(disk_len(dir.path()), before_completion);
     assert_replays(&s, 1, now, b"one").await;
     // The completion was lost with the torn entry: the claim is in flight again.
     assert!(matches!(s.get(id(2)).await.unwrap(), Some(Record::InFlight { token: t, .. }) if t == token));
 }
 
 #[tokio::test]
-async fn damage_before_the_tail_refuses_to_open() {
+async fn damage_before_the_last_batch_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let now = time::now_ms();
     {
@@ -188,22 +268,186 @@ async fn damage_before_the_tail_refuses_to_open() {
         }
     }
     let path = dir.path().join(LOG);
-    let mut bytes = std::fs::read(&path).unwrap();
-    // Magic (8), the first entry's length + checksum (8), op + id (33): inside its record.
-    bytes[8 + 8 + 33 + 5] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
-    match LogStore::open(dir.path()) {
-        Err(OpenError::Corrupt { offset, path: p, .. }) => {
-            assert_eq!(offset, 8);
-            assert_eq!(p, path);
+    let good = std::fs::read(&path).unwrap();
+    // One batch per claim and per completion.
+    let starts = frames(&good);
+    assert_eq!(starts.len(), 6);
+    assert_eq!(starts[0], 8);
+    // Inside the first batch's record: magic (8), batch header (8), the entry's length +
+    // checksum (8), op + id (33). And inside a middle batch, and inside its header's checksum.
+    for at in [8 + 8 + 8 + 33 + 5, starts[3] + 8 + 8 + 33 + 20, starts[3] + 5] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let batch = *starts.iter().rev().find(|&&s| s <= at).unwrap();
+        match LogStore::open(dir.path()) {
+            Err(OpenError::Corrupt { offset, path: p, .. }) => {
+                assert_eq!(offset, batch as u64, "damage at {at}");
+                assert_eq!(p, path);
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
         }
-        other => panic!("expected Corrupt, got {other:?}"),
+        // Nothing was truncated.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
-    // Nothing was truncated.
-    assert_eq!(std::fs::read(&path).unwrap(), bytes);
-    // Not a log at all.
-    std::fs::write(&path, b"something else entirely").unwrap();
-    assert!(matches!(LogStore::open(dir.path()), Err(OpenError::NotALog { .. })));
+    // The same damage in the last batch is a torn write: it alone is dropped.
+    let mut bytes = good.clone();
+    bytes[starts[5] + 8 + 8 + 33 + 20] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    {
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.log_len(), starts[5] as u64);
+        assert_replays(&s, 0, now, &body(0, 64)).await;
+        assert_replays(&s, 1, now, &body(1, 64)).await;
+        assert!(matches!(s.get(id(2)).await.unwrap(), Some(Record::InFlight { .. })));
+    }
+    // Not a log at all, or a log of the first format version.
+    let mut v1 = good.clone();
+    v1[..8].copy_from_slice(b"IDEMLOG1");
+    for other in [&b"something else entirely"[..], &b"IDEMLOG1"[..], &v1[..]] {
+        std::fs::write(&path, other).unwrap();
+        assert!(matches!(LogStore::open(dir.path()), Err(OpenError::NotALog { .. })));
+    }
+}
+
+#[tokio::test]
+async fn a_hole_in_the_last_batch_is_a_torn_write() {
+    let now = time::now_ms();
+    // An unacknowledged batch: three records and the deletion of one written before.
+    let completed = |n: u32, len: usize| Record::Completed {
+        fingerprint: Fingerprint([n as u8; 32]),
+        expires_at_ms: now + 3_600_000,
+        response: response(&body(n, len)),
+    };
+    let batch = frame(&[
+        entry(&id(100), Some(&completed(100, 5000))),
+        entry(
+            &id(101),
+            Some(&Record::InFlight {
+                fingerprint: Fingerprint([101; 32]),
+                token: FencingToken(7),
+                lease_until_ms: now + 60_000,
+            }),
+        ),
+        entry(&id(0), None),
+        entry(&id(102), Some(&completed(102, 8000))),
+        entry(&id(103), Some(&completed(103, 100))),
+    ]);
+    assert!(batch.len() > 3 * 4096);
+    // What of the batch reached the disk: all of it (the check that the hand-made batch is one
+    // the store reads), or all but a page in the middle (zeros, or stale bytes), or all but its
+    // first page.
+    for hole in [
+        None,
+        Some((4096, 8192, 0u8)),
+        Some((5000, 9000, 0xa5)),
+        Some((0, 4096, 0)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let good = {
+            let s = LogStore::open(dir.path()).unwrap();
+            for n in 0..5 {
+                executed(&s, n, now, &body(n, 3000)).await;
+            }
+            s.log_len()
+        };
+        let mut torn = batch.clone();
+        if let Some((from, to, byte)) = hole {
+            torn[from..to].fill(byte);
+        }
+        // Where the writer would have put it: right after the log.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(LOG))
+            .unwrap()
+            .write_all_at(&torn, good)
+            .unwrap();
+        {
+            let (s, warnings) = open_counting_warnings(dir.path(), LogOptions::default());
+            if hole.is_none() {
+                assert_eq!(warnings, 0);
+                assert_eq!(s.log_len(), good + batch.len() as u64);
+                assert!(s.get(id(0)).await.unwrap().is_none());
+                assert_replays(&s, 100, now, &body(100, 5000)).await;
+                assert!(
+                    matches!(s.get(id(101)).await.unwrap(), Some(Record::InFlight { token, .. }) if token == FencingToken(7))
+                );
+                assert_replays(&s, 102, now, &body(102, 8000)).await;
+                assert_replays(&s, 103, now, &body(103, 100)).await;
+                continue;
+            }
+            assert_eq!(warnings, 1, "the torn write is reported");
+            assert_eq!(s.log_len(), good, "{hole:?}");
+            assert_eq!(disk_len(dir.path()), good);
+            assert_eq!(s.len_hint(), Some(5));
+            for n in 0..5 {
+                assert_replays(&s, n, now, &body(n, 3000)).await;
+            }
+            for n in 100..104 {
+                assert!(s.get(id(n)).await.unwrap().is_none(), "{n}");
+            }
+            executed(&s, 5, now, b"after").await;
+        }
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.len_hint(), Some(6));
+        for n in 0..5 {
+            assert_replays(&s, n, now, &body(n, 3000)).await;
+        }
+        assert_replays(&s, 5, now, b"after").await;
+    }
+}
+
+#[tokio::test]
+async fn the_log_is_preallocated_and_reopens_without_a_torn_write() {
+    let now = time::now_ms();
+    let mut small_steps = LogOptions::default();
+    small_steps.prealloc_bytes = 1000;
+    let mut off = LogOptions::default();
+    off.prealloc_bytes = 0;
+    for (options, step) in [(LogOptions::default(), 4u64 << 20), (small_steps, 1000), (off, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = LogStore::open_with(dir.path(), options.clone()).unwrap();
+            // A fresh log is the magic alone.
+            assert_eq!(s.log_len(), 8);
+            assert_eq!(disk_len(dir.path()), 8);
+            for n in 0..30 {
+                executed(&s, n, now, &body(n, 700)).await;
+                let (logical, disk) = (s.log_len(), disk_len(dir.path()));
+                if step == 0 {
+                    assert_eq!(disk, logical);
+                } else {
+                    assert!(
+                        disk > logical && disk <= logical + step,
+                        "{disk} on disk, {logical} logical"
+                    );
+                }
+            }
+            // After the log: only zeros.
+            let bytes = std::fs::read(dir.path().join(LOG)).unwrap();
+            assert!(bytes[s.log_len() as usize..].iter().all(|&b| b == 0));
+        }
+        for round in 0..3u32 {
+            let (s, warnings) = open_counting_warnings(dir.path(), options.clone());
+            assert_eq!(warnings, 0, "preallocated zeros are no torn write");
+            // Open dropped the zeros.
+            assert_eq!(disk_len(dir.path()), s.log_len());
+            assert_eq!(s.len_hint(), Some(30 + u64::from(round) * 10));
+            for n in 0..30 {
+                assert_replays(&s, n, now, &body(n, 700)).await;
+            }
+            for n in 0..round * 10 {
+                assert_replays(&s, 1000 + n, now, &body(n, 50)).await;
+            }
+            // Writes after reopening land after the log, in newly preallocated space.
+            for n in round * 10..round * 10 + 10 {
+                executed(&s, 1000 + n, now, &body(n, 50)).await;
+            }
+            if step > 0 {
+                assert!(disk_len(dir.path()) > s.log_len());
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -268,6 +512,36 @@ async fn purge_is_bounded_and_resumes() {
     assert_replays(&s, 100, now, b"live").await;
 }
 
+/// With more live records than one purge call looks at, a caller that loops while `more` ends
+/// after one pass (the gateway's purge loop does exactly that every interval).
+#[tokio::test]
+async fn a_purge_pass_over_a_large_store_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = time::now_ms();
+    let s = std::sync::Arc::new(LogStore::open(dir.path()).unwrap());
+    let claims: Vec<_> = (0..10_000u32)
+        .map(|n| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim(req(n, now)).await.unwrap() })
+        })
+        .collect();
+    for c in claims {
+        c.await.unwrap();
+    }
+    for round in 0..2 {
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            assert!(calls <= 64, "round {round}: a pass over 10k live records did not end");
+            if !s.purge_expired(now, 1000).await.unwrap().more {
+                break;
+            }
+        }
+        assert!(calls > 1, "one call looked at every record: the bound per call is gone");
+    }
+    assert_eq!(s.len_hint(), Some(10_000));
+}
+
 #[tokio::test]
 async fn compaction_shrinks_the_log_and_keeps_every_live_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -287,7 +561,7 @@ async fn compaction_shrinks_the_log_and_keeps_every_live_record() {
         let released = acquire(&s, req(1001, now)).await;
         assert!(s.release(id(1001), released).await.unwrap());
         written = 400 * 1000;
-        let len = log_len(dir.path());
+        let len = s.log_len();
         // Only compaction shrinks a log: without it, it would hold every body written.
         assert!(len < written / 3, "log is {len} bytes after {written} bytes of bodies");
         for n in (0..400).step_by(10) {
@@ -358,7 +632,7 @@ async fn claims_and_replays_stay_correct_while_compacting() {
         acquired += tokio::time::timeout(limit, r).await.unwrap().unwrap();
     }
     assert_eq!(acquired, 6, "each of the six contended keys was acquired exactly once");
-    let len = log_len(dir.path());
+    let len = s.log_len();
     assert!(
         len < 300_000,
         "the log ({len} bytes after 900 kB of churn) was compacted"
@@ -379,7 +653,7 @@ async fn an_unfinished_compaction_is_ignored_at_open() {
     }
     // A crash before the rename leaves a partial temp file next to the whole log.
     let tmp = dir.path().join("records.log.compact");
-    std::fs::write(&tmp, b"IDEMLOG1\x10\x00\x00").unwrap();
+    std::fs::write(&tmp, b"IDEMLOG2\x10\x00\x00").unwrap();
     let s = LogStore::open(dir.path()).unwrap();
     assert!(!tmp.exists());
     assert_replays(&s, 1, now, b"one").await;

@@ -94,7 +94,7 @@ pub struct ServeArgs {
     pub purge_interval: Option<Duration>,
     /// Serving threads, each with its own listener on the port (SO_REUSEPORT), event loop and
     /// upstream pool; 1 serves from one shared multi-threaded runtime instead
-    /// [default: the number of CPUs].
+    /// [default: the number of CPUs with the memory or embedded store, 1 with Redis or PostgreSQL].
     #[arg(long, env = "IDEMGATE_THREADS")]
     pub threads: Option<usize>,
 }
@@ -185,7 +185,8 @@ pub struct Settings {
     pub scope_secret: Option<Vec<u8>>,
     pub shutdown_timeout: Duration,
     pub purge_interval: Duration,
-    pub threads: usize,
+    /// `None`: chosen by store (see `main::serving_threads`).
+    pub threads: Option<usize>,
     pub layer: IdempotencyConfig,
 }
 
@@ -426,8 +427,7 @@ impl Settings {
                 .unwrap_or(Duration::from_secs(30)),
             threads: match args.threads.or(file.threads) {
                 Some(0) => return Err(invalid("threads")("must be at least 1".into())),
-                Some(n) => n,
-                None => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
             },
             layer,
         })
