@@ -28,6 +28,7 @@ LABELS = {
     "postgres": "idemgate, PostgreSQL",
     "express": "express + express-idempotency",
     "axum_idempotent": "axum + axum-idempotent",
+    "axum_idemgate": "axum + idemgate-tower (in-process)",
 }
 WORKLOAD_TEXT = {
     "new": "new keys (every request executes)",

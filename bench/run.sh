@@ -17,6 +17,8 @@
 #        postgres   idemgate --store postgres:// (private initdb, +432)     BASE_PORT+84  (admin +184)
 #        express    express + express-idempotency, same handler (peer)      BASE_PORT+101
 #        axum_idempotent  axum + axum-idempotent, same handler (peer)       BASE_PORT+102
+#        axum_idemgate    axum + idemgate-tower's layer (memory store), same handler,
+#                         in-process like axum-idempotent (bench/peers/axum-idemgate)   BASE_PORT+103
 #   3. for each workload, ROUNDS alternating rounds (the target order rotates every round) of wrk
 #      -t$THREADS -c$CONNS -d$DURATION with bench/idem.lua; after each run it samples the RSS of the
 #      target (and of its store server) and the store round trips per request (see below).
@@ -32,7 +34,7 @@
 #                    the first are replays); mix: 80 % new, 20 % retries of completed keys;
 #                    bypass: no key (forwarded untouched); body4k / body256k: new keys with 4 KiB /
 #                    256 KiB request bodies
-#   TARGETS="direct nginx memory embedded redis postgres express axum_idempotent"
+#   TARGETS="direct nginx memory embedded redis postgres express axum_idempotent axum_idemgate"
 #                    direct and nginx are always added (they are the ratio baselines)
 #   PEERS=1          0: leave out the express / axum peers (also skipped when node/npm is missing)
 #   THREADS=1 CONNS=32 TIMEOUT=5s   wrk settings
@@ -71,7 +73,7 @@ fi
 DURATION="${DURATION:-5s}" ROUNDS="${ROUNDS:-3}" WARMUP="${WARMUP:-1s}" TIME_LIMIT="${TIME_LIMIT:-1800}"
 THREADS="${THREADS:-1}" CONNS="${CONNS:-32}" TIMEOUT="${TIMEOUT:-5s}"
 WORKLOADS="${WORKLOADS:-new replay mix bypass body4k body256k}"
-TARGETS="${TARGETS:-direct nginx memory embedded redis postgres express axum_idempotent}"
+TARGETS="${TARGETS:-direct nginx memory embedded redis postgres express axum_idempotent axum_idemgate}"
 PEERS="${PEERS:-1}" RESTART="${RESTART:-1}" BASE_PORT="${BASE_PORT:-19000}" CO="${CO:-1}" CO_PCT="${CO_PCT:-80}"
 OUT="${OUT:-$HERE/results/run-$(date +%Y%m%d-%H%M%S)}"
 CACHE="${CACHE:-$HERE/results/.cache}"
@@ -87,7 +89,7 @@ log() { printf '[bench %4ds] %s\n' "$(( $(date +%s) - START_TS ))" "$*" >&2; }
 
 P_UP=$((BASE_PORT)); P_NGINX=$((BASE_PORT + 80))
 P_REDIS=$((BASE_PORT + 379)); P_PG=$((BASE_PORT + 432))
-P_EXPRESS=$((BASE_PORT + 101)); P_AXUM=$((BASE_PORT + 102))
+P_EXPRESS=$((BASE_PORT + 101)); P_AXUM=$((BASE_PORT + 102)); P_AXUM_IDEMGATE=$((BASE_PORT + 103))
 declare -A GW_PORT=([memory]=$((BASE_PORT + 81)) [embedded]=$((BASE_PORT + 82)) [redis]=$((BASE_PORT + 83)) [postgres]=$((BASE_PORT + 84)))
 declare -A ADMIN_PORT=([memory]=$((BASE_PORT + 181)) [embedded]=$((BASE_PORT + 182)) [redis]=$((BASE_PORT + 183)) [postgres]=$((BASE_PORT + 184)))
 
@@ -171,15 +173,18 @@ if [[ "$PEERS" == 1 ]] && ! { command -v node >/dev/null && command -v npm >/dev
 fi
 [[ "$PEERS" == 1 ]] || TARGETS="${TARGETS/ express / }"
 [[ "$PEERS" == 1 ]] || TARGETS="${TARGETS/ axum_idempotent / }"
+[[ "$PEERS" == 1 ]] || TARGETS="${TARGETS/ axum_idemgate / }"
 
 GW_BIN="$ROOT/target/release/idemgate"
 UP_BIN="$HERE/upstream/target/release/bench-upstream"
 AXUM_BIN="$HERE/peers/axum-idempotent/target/release/axum-idempotent-peer"
+AXUM_IDEMGATE_BIN="$HERE/peers/axum-idemgate/target/release/axum-idemgate-peer"
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
   log "building release binaries"
   (cd "$ROOT" && cargo build --release -q -p idemgate)
   (cd "$HERE/upstream" && cargo build --release -q)
   if has_target axum_idempotent; then (cd "$HERE/peers/axum-idempotent" && cargo build --release -q); fi
+  if has_target axum_idemgate; then (cd "$HERE/peers/axum-idemgate" && cargo build --release -q); fi
 fi
 if has_target express; then
   mkdir -p "$CACHE/express"
@@ -259,12 +264,16 @@ start_axum() {
   [[ -n "$c" ]] || { echo "no session cookie from the axum peer" >&2; exit 1; }
   echo "Cookie: $c" > "$WORK/axum-cookie.txt"
 }
+start_axum_idemgate() {
+  PORT=$P_AXUM_IDEMGATE start_bg axum_idemgate "$AXUM_IDEMGATE_BIN"; wait_tcp "$P_AXUM_IDEMGATE"
+}
 is_gateway() { [[ -n "${GW_PORT[$1]:-}" ]]; }
 restart_target() { # target: fresh state before a run
   case $1 in
     memory|embedded|redis|postgres) stop_pid "gw_$1"; start_gateway "$1" ;;
     express) stop_pid express; start_express ;;
     axum_idempotent) stop_pid axum_idempotent; start_axum ;;
+    axum_idemgate) stop_pid axum_idemgate; start_axum_idemgate ;;
   esac
 }
 url_of() {
@@ -273,6 +282,7 @@ url_of() {
     nginx) echo "http://127.0.0.1:$P_NGINX/payments" ;;
     express) echo "http://127.0.0.1:$P_EXPRESS/payments" ;;
     axum_idempotent) echo "http://127.0.0.1:$P_AXUM/payments" ;;
+    axum_idemgate) echo "http://127.0.0.1:$P_AXUM_IDEMGATE/payments" ;;
     *) echo "http://127.0.0.1:${GW_PORT[$1]}/payments" ;;
   esac
 }
@@ -286,6 +296,7 @@ has_target postgres && start_postgres
 for s in memory embedded redis postgres; do has_target $s && start_gateway $s; done
 has_target express && start_express
 has_target axum_idempotent && start_axum
+has_target axum_idemgate && start_axum_idemgate
 read -r -a TLIST <<< "$TARGETS"
 
 # ---------------------------------------------------------------- measuring
