@@ -293,3 +293,44 @@ pub async fn get_and_delete<S: Store + ?Sized>(s: Arc<S>) {
     assert!(s.get(k).await.unwrap().is_none());
     s.ping().await.unwrap();
 }
+
+/// What every store private to one directory must do: keep a completed record across a close and
+/// reopen, answer `Unavailable` once closed, and refuse a second open while one is open. `open`
+/// opens (or reopens) the store in `dir`; `close` closes it without dropping it. Returns the
+/// closed store so the caller can check more of its closed behaviour.
+pub async fn survives_reopen_and_fails_once_closed<S, E>(
+    dir: &std::path::Path,
+    open: impl Fn(&std::path::Path) -> Result<S, E>,
+    close: impl Fn(&S),
+) where
+    S: Store,
+    E: std::fmt::Debug,
+{
+    let now = time::now_ms();
+    let r = req(id(9), fp(1), now, 10_000);
+    {
+        let s = open(dir).expect("open");
+        assert_eq!(s.kind(), "embedded");
+        let token = acquire(&s, r).await;
+        s.complete(r.id, token, response(201, b"kept"), now + 60_000)
+            .await
+            .expect("complete");
+        close(&s);
+        let other = req(id(8), fp(1), now, 10_000);
+        assert!(matches!(
+            s.claim(other).await,
+            Err(idemgate_core::StoreError::Unavailable(_))
+        ));
+        assert!(s.ping().await.is_err());
+    }
+    let s = open(dir).expect("reopen");
+    assert_eq!(s.len_hint(), Some(1));
+    match s.claim(r).await.expect("claim") {
+        Claim::Completed { response, .. } => assert_eq!(&response.body()[..], b"kept"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        open(dir).is_err(),
+        "a second open of the same directory must fail while one is open"
+    );
+}

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use idemgate_core::{time, Claim, ClaimRequest, Fingerprint, RecordId, Store, StoreError, StoredResponse};
 use idemgate_store_redb::RedbStore;
 
 async fn fresh() -> Arc<RedbStore> {
@@ -16,37 +15,10 @@ idemgate_store_conformance::conformance_tests!(fresh());
 #[tokio::test]
 async fn records_survive_reopen_and_a_closed_store_reports_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let now = time::now_ms();
-    let req = ClaimRequest {
-        id: RecordId([9; 32]),
-        fingerprint: Fingerprint([1; 32]),
-        now_ms: now,
-        lease_ms: 10_000,
-    };
-    {
-        let s = RedbStore::open(dir.path()).unwrap();
-        let Claim::Acquired { token, .. } = s.claim(req).await.unwrap() else {
-            panic!()
-        };
-        let resp = StoredResponse::new(http::StatusCode::CREATED, &http::HeaderMap::new(), b"kept");
-        s.complete(req.id, token, resp, now + 60_000).await.unwrap();
-        s.close();
-        assert!(matches!(
-            s.claim(ClaimRequest {
-                id: RecordId([8; 32]),
-                ..req
-            })
-            .await,
-            Err(StoreError::Unavailable(_))
-        ));
-        assert!(s.ping().await.is_err());
-    }
-    let s = RedbStore::open(dir.path()).unwrap();
-    assert_eq!(s.len_hint(), Some(1));
-    match s.claim(req).await.unwrap() {
-        Claim::Completed { response, .. } => assert_eq!(&response.body()[..], b"kept"),
-        other => panic!("{other:?}"),
-    }
-    // A second process cannot open the same store.
-    assert!(RedbStore::open(dir.path()).is_err());
+    idemgate_store_conformance::survives_reopen_and_fails_once_closed(
+        dir.path(),
+        |d| RedbStore::open(d),
+        RedbStore::close,
+    )
+    .await;
 }
