@@ -8,8 +8,9 @@
 //! Groups: `key` (parse a bare UUID and a quoted one), `fingerprint` (100 B, 4 KiB and 256 KiB
 //! bodies; canonical JSON of a 1 KiB body), `response` (build and decode a stored response with a
 //! 1 KiB body and 8 headers), `record` (encode/decode a completed record), `store` (claim +
-//! complete of a new key on the memory store, and on the embedded redb store in a temporary
-//! directory with 1 and 32 concurrent callers sharing its group commit).
+//! complete of a new key on the memory store, and on the embedded stores (the record log, and
+//! redb for directories of earlier versions) in temporary directories with 1 and 32 concurrent
+//! callers sharing their group commit).
 //!
 //! Sample counts are modest so the whole run stays short on a 2-core machine; `cargo test
 //! --all-targets` only compiles this file (criterion benches are not run by `cargo test`).
@@ -27,6 +28,7 @@ use idemgate_core::{
     parse_key, Claim, ClaimRequest, Fingerprint, FingerprintOptions, MemoryStore, Record, RecordId, Store,
     StoredResponse,
 };
+use idemgate_store_log::LogStore;
 use idemgate_store_redb::RedbStore;
 
 const TTL_MS: u64 = 24 * 3600 * 1000;
@@ -210,33 +212,45 @@ fn store(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(
+        rt.block_on(async { LogStore::open(log_dir.path()) })
+            .expect("open log store"),
+    );
     let redb = Arc::new(rt.block_on(async { RedbStore::open(dir.path()) }).expect("open redb"));
-    for callers in [1usize, 32] {
-        g.throughput(Throughput::Elements(1));
-        g.bench_function(BenchmarkId::new("redb_claim_complete_callers", callers), |b| {
-            b.iter_custom(|iters| {
-                // `iters` claim+complete operations split over `callers` concurrent tasks; the
-                // reported time per iteration is wall time / iters (throughput under concurrency)
-                let per = iters.div_ceil(callers as u64);
-                let start = Instant::now();
-                rt.block_on(async {
-                    let mut tasks = Vec::with_capacity(callers);
-                    for _ in 0..callers {
-                        let (redb, counter, response) = (redb.clone(), counter.clone(), response.clone());
-                        tasks.push(tokio::spawn(async move {
-                            for _ in 0..per {
-                                claim_complete(&*redb, fresh_id(&counter, salt), response.clone()).await;
+    let durable: [(&str, Arc<dyn Store>); 2] = [("log", log.clone()), ("redb", redb.clone())];
+    for (name, store) in durable {
+        for callers in [1usize, 32] {
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(
+                BenchmarkId::new(format!("{name}_claim_complete_callers"), callers),
+                |b| {
+                    b.iter_custom(|iters| {
+                        // `iters` claim+complete operations split over `callers` concurrent tasks; the
+                        // reported time per iteration is wall time / iters (throughput under concurrency)
+                        let per = iters.div_ceil(callers as u64);
+                        let start = Instant::now();
+                        rt.block_on(async {
+                            let mut tasks = Vec::with_capacity(callers);
+                            for _ in 0..callers {
+                                let (store, counter, response) = (store.clone(), counter.clone(), response.clone());
+                                tasks.push(tokio::spawn(async move {
+                                    for _ in 0..per {
+                                        claim_complete(&*store, fresh_id(&counter, salt), response.clone()).await;
+                                    }
+                                }));
                             }
-                        }));
-                    }
-                    for t in tasks {
-                        t.await.expect("task");
-                    }
-                });
-                start.elapsed().mul_f64(iters as f64 / (per * callers as u64) as f64)
-            })
-        });
+                            for t in tasks {
+                                t.await.expect("task");
+                            }
+                        });
+                        start.elapsed().mul_f64(iters as f64 / (per * callers as u64) as f64)
+                    })
+                },
+            );
+        }
     }
+    log.close();
     redb.close();
     g.finish();
 }
