@@ -11,7 +11,8 @@
 #   IDEM_MODE: unique | fixed | mix | none; default unique), ROUNDS=3, DURATION=3s, CONNS=32,
 #   BASE_PORT=18900. A directory in *_ARGS named DIR is replaced by a fresh temporary directory.
 # Needs the release gateway, bench/upstream's release binary, wrk and nginx (bench/run.sh builds
-# and installs them). Prints req/s per round and the median ratios B/A, A/nginx and B/nginx.
+# and installs them). Prints req/s per round (direct upstream, nginx, A, B) and the median ratios
+# B/A, A/nginx, B/nginx, A/direct and B/direct.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -51,10 +52,10 @@ echo "A: $A_ARGS $A_ENV"
 echo "B: $B_ARGS $B_ENV"
 echo "mode=$MODE rounds=$ROUNDS duration=$DURATION wrk -t1 -c$CONNS"
 declare -A RPS
-names=(nginx A B); ports=($P_NGINX $P_A $P_B)
+names=(direct nginx A B); ports=($P_UP $P_NGINX $P_A $P_B)
 for r in $(seq 1 "$ROUNDS"); do
-  for k in 0 1 2; do
-    i=$(( (k + r - 1) % 3 ))
+  for k in 0 1 2 3; do
+    i=$(( (k + r - 1) % 4 ))
     rps=$(IDEM_MODE=$MODE wrk -t1 -c"$CONNS" -d"$DURATION" -s "$HERE/idem.lua" "http://127.0.0.1:${ports[$i]}/payments" |
       awk '/^Requests\/sec:/{print $2}')
     RPS[${names[$i]},$r]=$rps
@@ -66,3 +67,4 @@ ratios() { # num den
     awk '{print $1/$2}' | sort -g | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]}'
 }
 echo "median per-round ratios: B/A $(ratios B A)  A/nginx $(ratios A nginx)  B/nginx $(ratios B nginx)"
+echo "                         A/direct $(ratios A direct)  B/direct $(ratios B direct)  nginx/direct $(ratios nginx direct)"

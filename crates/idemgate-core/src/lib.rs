@@ -7,12 +7,14 @@
 //! - [`response`]: a stored HTTP response, encoded once into one contiguous buffer.
 //! - [`record`]: the record state machine (absent → in flight → completed) and its decisions.
 //! - [`store`]: the store contract every backend implements; [`memory`] is the in-process store.
+//! - [`reply`]: one wake-up per batch for replies from a store's own thread to a serving thread.
 #![deny(missing_docs)]
 
 pub mod fingerprint;
 pub mod key;
 pub mod memory;
 pub mod record;
+pub mod reply;
 pub mod response;
 pub mod scope;
 pub mod store;

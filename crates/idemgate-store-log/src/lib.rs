@@ -64,7 +64,7 @@ use tokio::sync::oneshot;
 
 use crate::format::{Op, HEADER_LEN, MAGIC};
 use crate::index::{Index, Loc, View};
-use crate::writer::{Request, Writer};
+use crate::writer::{Envelope, Request, Writer};
 
 pub use crate::writer::MAX_BATCH;
 
@@ -266,7 +266,7 @@ fn gone() -> StoreError {
 /// The embedded durable store (see the crate docs).
 pub struct LogStore {
     shared: Arc<Shared>,
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    tx: Mutex<Option<mpsc::Sender<Envelope>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     /// Holds the directory's lock while the store is open.
     _lock: File,
@@ -449,8 +449,12 @@ impl LogStore {
     }
 
     fn send(&self, op: Request) -> bool {
+        let envelope = Envelope {
+            op,
+            reply_to: idemgate_core::reply::ReplyQueue::current(),
+        };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().is_some_and(|tx| tx.send(op).is_ok())
+        tx.as_ref().is_some_and(|tx| tx.send(envelope).is_ok())
     }
 }
 

@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
 use idemgate_core::record::{decide_claim, decide_complete, decide_release};
+use idemgate_core::reply::{Delivery, ReplyQueue};
 use idemgate_core::{
     Claim, ClaimRequest, CompleteError, FencingToken, Purged, Record, RecordId, StoreError, StoredResponse,
 };
@@ -55,6 +56,13 @@ const BATCH_SPLIT_BYTES: usize = 64 << 20;
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// An operation and, when the caller's thread has one, the queue its reply goes through (see
+/// `idemgate_core::reply`: one wake-up per batch and thread instead of one per operation).
+pub(crate) struct Envelope {
+    pub(crate) op: Request,
+    pub(crate) reply_to: Option<Arc<ReplyQueue>>,
+}
 
 /// An operation for the writer.
 pub(crate) enum Request {
@@ -109,6 +117,26 @@ impl Request {
             Request::Release(_, _, tx) | Request::Delete(_, tx) => Done::Bool(tx, Err(crate::gone())),
             Request::Purge(_, _, tx) => Done::Purged(tx, Err(crate::gone())),
         }
+    }
+}
+
+/// Sends a batch's outcomes: directly to callers without a reply queue, and to each caller
+/// thread's queue as one delivery (one wake-up) per thread.
+fn answer(done: Vec<(Done, Option<Arc<ReplyQueue>>)>) {
+    let mut queues: Vec<(Arc<ReplyQueue>, Vec<Delivery>)> = Vec::new();
+    for (d, reply_to) in done {
+        let Some(q) = reply_to else {
+            d.send();
+            continue;
+        };
+        let delivery: Delivery = Box::new(move || d.send());
+        match queues.iter_mut().find(|(known, _)| Arc::ptr_eq(known, &q)) {
+            Some((_, batch)) => batch.push(delivery),
+            None => queues.push((q, vec![delivery])),
+        }
+    }
+    for (q, batch) in queues {
+        q.deliver(batch);
     }
 }
 
@@ -195,7 +223,7 @@ impl Writer {
     }
 
     /// Serves batches until every sender is gone.
-    pub(crate) fn run(mut self, rx: &mpsc::Receiver<Request>) {
+    pub(crate) fn run(mut self, rx: &mpsc::Receiver<Envelope>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Ok(first) = rx.recv() {
             batch.push(first);
@@ -210,10 +238,12 @@ impl Writer {
         }
     }
 
-    fn batch(&mut self, ops: &mut Vec<Request>) {
+    fn batch(&mut self, ops: &mut Vec<Envelope>) {
         if self.shared.failure.get().is_some() {
             for op in ops.drain(..) {
-                op.undecided().fail(|| self.shared.failed().unwrap_or_else(crate::gone));
+                op.op
+                    .undecided()
+                    .fail(|| self.shared.failed().unwrap_or_else(crate::gone));
             }
             return;
         }
@@ -225,15 +255,15 @@ impl Writer {
                 self.commit(full, std::mem::take(&mut done));
                 pending = Pending::new(self.file_len);
             }
-            done.push(self.decide(&mut pending, op));
+            done.push((self.decide(&mut pending, op.op), op.reply_to));
         }
         self.commit(pending, done);
     }
 
     /// Writes the batch's entries as one frame, syncs them, then publishes and answers.
-    fn commit(&mut self, mut pending: Pending, done: Vec<Done>) {
+    fn commit(&mut self, mut pending: Pending, done: Vec<(Done, Option<Arc<ReplyQueue>>)>) {
         if self.shared.failure.get().is_some() {
-            for d in done {
+            for (d, _) in done {
                 d.fail(|| self.shared.failed().unwrap_or_else(crate::gone));
             }
             return;
@@ -244,16 +274,14 @@ impl Writer {
                 .and_then(|()| self.append(&pending.buf));
             if let Err(e) = written {
                 tracing::error!(error = %e, "embedded store write failed; {} operations failed", done.len());
-                for d in done {
+                for (d, _) in done {
                     d.fail(|| StoreError::Backend(Box::new(e.clone())));
                 }
                 return;
             }
         }
         self.publish(pending.overlay);
-        for d in done {
-            d.send();
-        }
+        answer(done);
     }
 
     /// The record as the batch so far leaves it.

@@ -658,3 +658,51 @@ async fn an_unfinished_compaction_is_ignored_at_open() {
     assert!(!tmp.exists());
     assert_replays(&s, 1, now, b"one").await;
 }
+
+/// Serving threads that installed a reply queue (the gateway's): every operation of many
+/// concurrent requests on two such threads is answered, through the queue, and correctly.
+#[test]
+fn replies_through_serving_threads_reply_queues_answer_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(LogStore::open(dir.path()).unwrap());
+    let now = time::now_ms();
+    let threads: Vec<_> = (0..2u32)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let drain = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for n in (t * 1000)..(t * 1000 + 200) {
+                        let s = s.clone();
+                        tasks.spawn(async move { executed(&s, n, now, &body(n, 64)).await });
+                    }
+                    tokio::time::timeout(Duration::from_secs(30), tasks.join_all())
+                        .await
+                        .expect("every operation answered");
+                    // Without its drain the thread's replies are sent directly.
+                    drain.abort();
+                    let _ = drain.await;
+                    assert!(idemgate_core::reply::ReplyQueue::current().is_none());
+                    executed(&s, t * 1000 + 999, now, b"after").await;
+                });
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        for t in 0..2u32 {
+            for n in (t * 1000)..(t * 1000 + 200) {
+                assert_replays(&s, n, now, &body(n, 64)).await;
+            }
+            assert_replays(&s, t * 1000 + 999, now, b"after").await;
+        }
+    });
+}

@@ -110,7 +110,11 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     let svc = layer.layer(proxy);
 
     let threads = serving_threads(settings.threads, store.kind());
-    let listener = if threads <= 1 {
+    // In-process stores serve on threads of their own even with one thread (a current-thread
+    // runtime wakes nothing across threads); Redis and PostgreSQL, with one thread, serve on the
+    // shared runtime that their clients run on.
+    let own_threads = threads > 1 || in_process(store.kind());
+    let listener = if !own_threads {
         TcpListener::bind(settings.listen).await
     } else {
         server::bind_reuseport(settings.listen).and_then(TcpListener::from_std)
@@ -154,7 +158,7 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     if let Some(banner) = banner {
         banner(addr);
     }
-    if threads <= 1 {
+    if !own_threads {
         server::serve(listener, svc, shutdown, settings.shutdown_timeout).await;
     } else {
         let first = listener.into_std()?;
@@ -180,11 +184,16 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
 /// store call would cross threads twice: they default to one listener on the shared runtime
 /// (measured, new keys on Redis: 8.5k req/s with 1, 7.2k with 2 serving threads; PERFORMANCE.md).
 fn serving_threads(configured: Option<usize>, store_kind: &str) -> usize {
-    match (configured, store_kind) {
-        (Some(n), _) => n,
-        (None, "memory" | "embedded") => std::thread::available_parallelism().map_or(1, usize::from),
-        (None, _) => 1,
+    match configured {
+        Some(n) => n,
+        None if in_process(store_kind) => std::thread::available_parallelism().map_or(1, usize::from),
+        None => 1,
     }
+}
+
+/// Stores that live in the gateway's process (no client connection on the shared runtime).
+fn in_process(store_kind: &str) -> bool {
+    matches!(store_kind, "memory" | "embedded")
 }
 
 /// Purges expired records in small batches and refreshes gauges.

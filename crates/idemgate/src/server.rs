@@ -5,8 +5,10 @@
 //! current-thread tokio runtime, its own listener on the port (`SO_REUSEPORT`: the kernel spreads
 //! new connections across them) and its own upstream connection pool, so a request's tasks (the
 //! client connection, the exchange, the upstream connection) never wake each other across
-//! threads. The store and the layer's state are shared. [`serve`] is one listener on the
-//! caller's runtime (`--threads 1`).
+//! threads. The store and the layer's state are shared; a store with a thread of its own hands
+//! its replies back through each serving thread's `ReplyQueue` (one wake-up per batch and
+//! thread). [`serve`] is one listener on the caller's runtime (Redis and PostgreSQL with one
+//! serving thread: their clients run there).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -128,11 +130,15 @@ where
             .spawn(move || -> std::io::Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 rt.block_on(async move {
+                    // Replies from a store's own thread (the record log's writer) come back as
+                    // one wake-up per batch instead of one per request.
+                    let replies = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
                     let listener = TcpListener::from_std(listener)?;
                     let shutdown = async move {
                         let _ = stop.wait_for(|stopped| *stopped).await;
                     };
                     serve(listener, svc, shutdown, drain).await;
+                    replies.abort();
                     Ok(())
                 })
             })
