@@ -9,7 +9,8 @@
 # Environment: A_ARGS (default "--store memory --threads 1"), B_ARGS (default "--store memory"),
 #   A_ENV / B_ENV (extra environment, e.g. "IDEMGATE_SCOPE_SECRET=..."), MODE (idem.lua's
 #   IDEM_MODE: unique | fixed | mix | none; default unique), ROUNDS=3, DURATION=3s, CONNS=32,
-#   BASE_PORT=18900. A directory in *_ARGS named DIR is replaced by a fresh temporary directory.
+#   BASE_PORT=18900, A_BIN / B_BIN (another gateway binary, e.g. a copy of the previous build;
+#   default target/release/idemgate). A directory in *_ARGS named DIR is replaced by a fresh temporary directory.
 # Needs the release gateway, bench/upstream's release binary, wrk and nginx (bench/run.sh builds
 # and installs them). Prints req/s per round (direct upstream, nginx, A, B) and the median ratios
 # B/A, A/nginx, B/nginx, A/direct and B/direct.
@@ -38,14 +39,14 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 mkdir -p "$WORK/nginx"
 sed -e "s/@NGINX_PORT@/$P_NGINX/" -e "s/@UPSTREAM_PORT@/$P_UP/" "$HERE/nginx.conf" > "$WORK/nginx/nginx.conf"
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e stderr 2> "$WORK/nginx.log"
-start_gw() { # port args env name
+start_gw() { # port args env name binary
   local args="${2//DIR/$WORK/$4-data}"
   # shellcheck disable=SC2086
-  env IDEMGATE_LOG=warn $3 "$GW" serve --upstream "http://127.0.0.1:$P_UP" --listen "127.0.0.1:$1" $args \
+  env IDEMGATE_LOG=warn $3 "$5" serve --upstream "http://127.0.0.1:$P_UP" --listen "127.0.0.1:$1" $args \
     > "$WORK/$4.log" 2>&1 & PIDS+=($!)
 }
-start_gw "$P_A" "$A_ARGS" "$A_ENV" a
-start_gw "$P_B" "$B_ARGS" "$B_ENV" b
+start_gw "$P_A" "$A_ARGS" "$A_ENV" a "${A_BIN:-$GW}"
+start_gw "$P_B" "$B_ARGS" "$B_ENV" b "${B_BIN:-$GW}"
 for p in $P_UP $P_NGINX $P_A $P_B; do wait_port "$p"; done
 
 echo "A: $A_ARGS $A_ENV"

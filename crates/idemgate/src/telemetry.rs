@@ -5,14 +5,25 @@
 //! no wake-up and no system call on the request path. A full 4 MiB buffer drops lines (counted,
 //! and reported in the next write) rather than block requests. [`LogGuard`] flushes on drop.
 //!
+//! The per-request line (target `idemgate::request`, one per request at info) is written by
+//! [`AccessLines`], which formats it directly (cached date, fields in order) into the same text or
+//! JSON shape that tracing-subscriber's formatters give every other line, at about a third of
+//! their cost; with ANSI colours it leaves the line to them.
+//!
 //! Logs never contain raw keys or `Authorization` values: the layer logs record ids (a keyed
 //! hash, truncated) and request outcomes only.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -123,11 +134,279 @@ pub fn init_logs(json: bool) -> LogGuard {
         .with_ansi(ansi)
         .with_target(true);
     if json {
-        builder.json().flatten_event(true).init();
+        let inner = format().json().flatten_event(true);
+        builder.json().event_format(AccessLines { inner, json: true }).init();
     } else {
-        builder.init();
+        let inner = format().with_ansi(ansi);
+        builder.event_format(AccessLines { inner, json: false }).init();
     }
     guard
+}
+
+fn format() -> format::Format {
+    format::Format::default().with_target(true)
+}
+
+/// The event formatter: per-request lines directly, every other line by `inner`.
+struct AccessLines<F> {
+    inner: F,
+    json: bool,
+}
+
+/// The target of the layer's per-request line.
+const REQUEST_TARGET: &str = "idemgate::request";
+
+impl<S, N, F> FormatEvent<S, N> for AccessLines<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: format::Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        if meta.target() != REQUEST_TARGET || w.has_ansi_escapes() {
+            return self.inner.format_event(ctx, w, event);
+        }
+        let level = meta.level().as_str();
+        if self.json {
+            w.write_str("{\"timestamp\":\"")?;
+            write_timestamp(&mut w)?;
+            write!(w, "\",\"level\":\"{level}\"")?;
+            let mut v = Fields {
+                w: &mut w,
+                json: true,
+                result: Ok(()),
+            };
+            event.record(&mut v);
+            v.result?;
+            writeln!(w, ",\"target\":\"{REQUEST_TARGET}\"}}")
+        } else {
+            write_timestamp(&mut w)?;
+            write!(w, " {level:>5} {REQUEST_TARGET}:")?;
+            let mut v = Fields {
+                w: &mut w,
+                json: false,
+                result: Ok(()),
+            };
+            event.record(&mut v);
+            v.result?;
+            writeln!(w)
+        }
+    }
+}
+
+/// Writes an event's fields in order: ` name=value` (text, values as tracing-subscriber's default
+/// fields shows them) or `,"name":value` (JSON).
+struct Fields<'a, 'w> {
+    w: &'a mut format::Writer<'w>,
+    json: bool,
+    result: std::fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn put(&mut self, field: &Field, f: impl FnOnce(&mut format::Writer<'_>, bool) -> std::fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = if self.json {
+            write!(self.w, ",\"{}\":", field.name())
+        } else {
+            write!(self.w, " {}=", field.name())
+        }
+        .and_then(|()| f(self.w, self.json));
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, |w, _| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, |w, _| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, |w, _| write!(w, "{value}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, |w, json| {
+            if json {
+                json_str(w, value)
+            } else {
+                write!(w, "{value:?}")
+            }
+        });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, |w, json| {
+            if json {
+                json_str(w, &format!("{value:?}"))
+            } else {
+                write!(w, "{value:?}")
+            }
+        });
+    }
+}
+
+/// A JSON string literal.
+fn json_str(w: &mut format::Writer<'_>, s: &str) -> std::fmt::Result {
+    w.write_char('"')?;
+    let mut rest = s;
+    while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+        w.write_str(&rest[..i])?;
+        let c = rest[i..].chars().next().unwrap_or(' ');
+        match c {
+            '"' => w.write_str("\\\"")?,
+            '\\' => w.write_str("\\\\")?,
+            '\n' => w.write_str("\\n")?,
+            '\r' => w.write_str("\\r")?,
+            '\t' => w.write_str("\\t")?,
+            c => write!(w, "\\u{:04x}", c as u32)?,
+        }
+        rest = &rest[i + c.len_utf8()..];
+    }
+    w.write_str(rest)?;
+    w.write_char('"')
+}
+
+thread_local! {
+    /// The last second formatted on this thread and its `YYYY-MM-DDTHH:MM:SS`.
+    static DATE: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `2026-11-30T07:30:37.514540Z`, as tracing-subscriber's `SystemTime` timer writes it.
+fn write_timestamp(w: &mut format::Writer<'_>) -> std::fmt::Result {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (cached, mut date) = DATE.get();
+    if cached != secs {
+        date = civil(secs);
+        DATE.set((secs, date));
+    }
+    w.write_str(std::str::from_utf8(&date).unwrap_or("1970-01-01T00:00:00"))?;
+    write!(w, ".{:06}Z", now.subsec_micros())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time (days to civil date: H. Hinnant's algorithm).
+fn civil(secs: u64) -> [u8; 19] {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut out = [0u8; 19];
+    let text = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+    if text.len() == out.len() {
+        out.copy_from_slice(text.as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_match_known_instants() {
+        assert_eq!(&civil(0), b"1970-01-01T00:00:00");
+        assert_eq!(&civil(951_782_400), b"2000-02-29T00:00:00");
+        assert_eq!(&civil(1_796_023_837), b"2026-11-30T07:30:37");
+        assert_eq!(&civil(4_102_444_799), b"2099-12-31T23:59:59");
+    }
+
+    /// The fast lines are the lines tracing-subscriber's formatters write, field for field.
+    #[test]
+    fn request_lines_match_the_default_formatters() {
+        for json in [false, true] {
+            let fast = capture(json, true);
+            let slow = capture(json, false);
+            let strip = |l: &str| -> String {
+                // The timestamps differ; everything after them must not.
+                if json {
+                    l.split_once("\",\"level\"")
+                        .map(|x| x.1.to_string())
+                        .unwrap_or_default()
+                } else {
+                    l.split_once('Z').map(|x| x.1.to_string()).unwrap_or_default()
+                }
+            };
+            assert!(!fast.is_empty() && fast.len() == slow.len(), "{fast:?} / {slow:?}");
+            for (f, s) in fast.iter().zip(&slow) {
+                assert_eq!(strip(f), strip(s), "json={json}");
+                assert_eq!(f.len(), s.len(), "json={json}: {f} / {s}");
+            }
+        }
+    }
+
+    fn capture(json: bool, fast: bool) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false);
+        let emit = || {
+            let method = http::Method::POST;
+            for path in ["/payments", "/a \"quoted\"\\path\n\u{1}é"] {
+                tracing::info!(target: "idemgate::request", method = %method, path, status = 200u16, outcome = "replayed", micros = 42u64);
+            }
+        };
+        match (json, fast) {
+            (true, true) => {
+                let inner = format().json().flatten_event(true);
+                let s = builder.json().event_format(AccessLines { inner, json: true }).finish();
+                tracing::subscriber::with_default(s, emit);
+            }
+            (true, false) => {
+                let s = builder.json().flatten_event(true).finish();
+                tracing::subscriber::with_default(s, emit);
+            }
+            (false, true) => {
+                let s = builder
+                    .event_format(AccessLines {
+                        inner: format().with_ansi(false),
+                        json: false,
+                    })
+                    .finish();
+                tracing::subscriber::with_default(s, emit);
+            }
+            (false, false) => {
+                let s = builder.with_target(true).finish();
+                tracing::subscriber::with_default(s, emit);
+            }
+        }
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
 }
 
 /// Installs the Prometheus recorder (histograms with fixed buckets, in seconds).
@@ -136,4 +415,45 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
     Ok(PrometheusBuilder::new().set_buckets(&buckets)?.install_recorder()?)
+}
+/// What one per-request line costs, fast path against tracing-subscriber's formatters (a
+/// measurement, not a check: `cargo test --release -p idemgate --bin idemgate
+/// access_line_cost -- --ignored --nocapture`; figures in docs/PERFORMANCE.md).
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement; run by hand"]
+    #[allow(clippy::disallowed_types)] // wall-clock time is what is measured
+    fn access_line_cost() {
+        const N: u32 = 200_000;
+        for (json, fast) in [(false, false), (false, true), (true, false), (true, true)] {
+            let builder = tracing_subscriber::fmt().with_writer(std::io::sink).with_ansi(false);
+            let emit = || {
+                let method = http::Method::POST;
+                let t = std::time::Instant::now();
+                for _ in 0..N {
+                    tracing::info!(target: "idemgate::request", method = %method, path = "/payments", status = 200u16, outcome = "replayed", micros = 42u64);
+                }
+                t.elapsed().as_nanos() / u128::from(N)
+            };
+            let ns = match (json, fast) {
+                (true, true) => {
+                    let inner = format().json().flatten_event(true);
+                    tracing::subscriber::with_default(
+                        builder.json().event_format(AccessLines { inner, json }).finish(),
+                        emit,
+                    )
+                }
+                (true, false) => tracing::subscriber::with_default(builder.json().flatten_event(true).finish(), emit),
+                (false, true) => {
+                    let inner = format().with_ansi(false);
+                    tracing::subscriber::with_default(builder.event_format(AccessLines { inner, json }).finish(), emit)
+                }
+                (false, false) => tracing::subscriber::with_default(builder.with_target(true).finish(), emit),
+            };
+            println!("json={json} fast={fast}: {ns} ns per line");
+        }
+    }
 }
