@@ -6,12 +6,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Response, Uri};
 use idemgate_core::BoxFuture;
 use pin_project_lite::pin_project;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::ResponseBody;
@@ -116,23 +118,82 @@ where
 }
 
 /// A boxed future that, if dropped before it finishes, is handed to a task of its own to finish
-/// (its output is then discarded). Polled in place otherwise, so it costs no extra task.
+/// (its output is then discarded) and counted in [`DetachedTasks`] until it ends. Polled in place
+/// otherwise, so it costs no extra task.
 pub(crate) struct Detach<T> {
     fut: Option<BoxFuture<'static, T>>,
-    spawn: fn(BoxFuture<'static, T>),
+    tasks: DetachedTasks,
+    spawn: fn(BoxFuture<'static, T>, &DetachedTasks),
 }
 
 impl<T: Send + 'static> Detach<T> {
-    pub(crate) fn new(fut: BoxFuture<'static, T>) -> Self {
-        fn spawn<T: Send + 'static>(fut: BoxFuture<'static, T>) {
+    pub(crate) fn new(fut: BoxFuture<'static, T>, tasks: DetachedTasks) -> Self {
+        fn spawn<T: Send + 'static>(fut: BoxFuture<'static, T>, tasks: &DetachedTasks) {
             // Outside a runtime (a runtime being torn down) there is nothing to finish it on.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(fut);
+                let running = tasks.start();
+                rt.spawn(async move {
+                    let _running = running;
+                    let _ = fut.await;
+                });
             }
         }
         Self {
             fut: Some(fut),
+            tasks,
             spawn: spawn::<T>,
+        }
+    }
+}
+
+/// The exchanges that finish on tasks of their own because their client went away (see
+/// [`crate::Idempotency::detached`]). A server that is shutting down waits for [`idle`] before it
+/// ends the runtime they run on, so their outcomes are recorded instead of their keys staying
+/// locked until the lease ends.
+///
+/// [`idle`]: DetachedTasks::idle
+#[derive(Clone, Debug, Default)]
+pub struct DetachedTasks(Arc<DetachedInner>);
+
+#[derive(Debug, Default)]
+struct DetachedInner {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+/// One detached exchange, counted until dropped (finished, or dropped with its runtime).
+struct Running(DetachedTasks);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0 .0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .0.idle.notify_waiters();
+        }
+    }
+}
+
+impl DetachedTasks {
+    fn start(&self) -> Running {
+        self.0.running.fetch_add(1, Ordering::AcqRel);
+        Running(self.clone())
+    }
+
+    /// How many detached exchanges are running.
+    pub fn running(&self) -> usize {
+        self.0.running.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no detached exchange is running.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            tokio::pin!(notified);
+            // Armed before looking, so an exchange that ends in between is not missed.
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -153,7 +214,7 @@ impl<T> Future for Detach<T> {
 impl<T> Drop for Detach<T> {
     fn drop(&mut self) {
         if let Some(fut) = self.fut.take() {
-            (self.spawn)(fut);
+            (self.spawn)(fut, &self.tasks);
         }
     }
 }

@@ -6,6 +6,7 @@ use idemgate_core::{IdempotencyKey, RecordId, ScopeHasher, Store};
 use tower_layer::Layer;
 
 use crate::config::{IdempotencyConfig, Policies};
+use crate::future::DetachedTasks;
 use crate::metrics::Metrics;
 use crate::service::Idempotency;
 use crate::waiters::Waiters;
@@ -19,6 +20,7 @@ pub(crate) struct Shared {
     pub(crate) hasher: ScopeHasher,
     pub(crate) metrics: Metrics,
     pub(crate) waiters: Waiters,
+    pub(crate) detached: DetachedTasks,
 }
 
 /// Wraps a service so that keyed requests execute once and repeats are replayed.
@@ -40,6 +42,7 @@ impl IdempotencyLayer {
                 hasher,
                 metrics: Metrics::new(),
                 waiters,
+                detached: DetachedTasks::default(),
             }),
         }
     }

@@ -66,7 +66,7 @@ mod waiters;
 
 pub use body::{RequestBody, ResponseBody};
 pub use config::{Clock, IdempotencyConfig, OnStoreError, PolicyOverrides, RoutePolicy, ScopeFn, ScopeSource};
-pub use future::ResponseFuture;
+pub use future::{DetachedTasks, ResponseFuture};
 pub use http_util::{is_hop_by_hop, strip_hop_by_hop};
 pub use layer::IdempotencyLayer;
 pub use metrics::Outcome;

@@ -32,7 +32,7 @@ use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{OnStoreError, Policy, ScopeSource};
-use crate::future::{Detach, ResponseFuture};
+use crate::future::{Detach, DetachedTasks, ResponseFuture};
 use crate::http_util::strip_hop_by_hop;
 use crate::layer::Shared;
 use crate::metrics::{secs, Outcome};
@@ -127,19 +127,29 @@ where
             log_request(&method, uri.path(), outcome, resp.status(), start);
             Ok(resp)
         };
-        ResponseFuture::managed(Detach::new(Box::pin(async move {
-            match AssertUnwindSafe(run).catch_unwind().await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::error!("protected request panicked");
-                    Ok(Problem::UpstreamFailed { retry_after_secs: 1 }.into_response())
+        let detached = self.shared.detached.clone();
+        ResponseFuture::managed(Detach::new(
+            Box::pin(async move {
+                match AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::error!("protected request panicked");
+                        Ok(Problem::UpstreamFailed { retry_after_secs: 1 }.into_response())
+                    }
                 }
-            }
-        })))
+            }),
+            detached,
+        ))
     }
 }
 
 impl<S> Idempotency<S> {
+    /// The exchanges that went on without their client (it hung up after the claim): a server
+    /// waits for [`DetachedTasks::idle`] at shutdown so that they record their outcomes.
+    pub fn detached(&self) -> DetachedTasks {
+        self.shared.detached.clone()
+    }
+
     fn passthrough<ReqB, ResB>(
         &mut self,
         req: Request<ReqB>,

@@ -95,8 +95,18 @@ pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Fu
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "in-flight requests did not finish in time");
+    // Then for exchanges whose client hung up: they run on this runtime, which ends after this.
+    let detached = svc.detached();
+    let drained = async {
+        graceful.shutdown().await;
+        detached.idle().await;
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
+        tracing::warn!(
+            ?drain,
+            detached = detached.running(),
+            "in-flight requests did not finish in time"
+        );
     }
 }
 

@@ -286,3 +286,39 @@ async fn a_client_that_hangs_up_does_not_cancel_its_request() {
     assert!(replayed);
     assert_eq!(up.executions(), 1);
 }
+
+/// SIGTERM while a request whose client hung up is still running: the drain waits for it, so its
+/// outcome is recorded (and replayed after a restart) instead of its key staying locked until
+/// the lease ends.
+#[tokio::test]
+async fn sigterm_waits_for_a_request_whose_client_hung_up() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--upstream", &up.url(), "--store", dir.path().to_str().unwrap()];
+    let mut gw = Gateway::start(&args);
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = "POST /pay?delay_ms=700 HTTP/1.1\r\nhost: x\r\nidempotency-key: term\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    s.write_all(head.as_bytes()).await.unwrap();
+    assert!(up.wait_for_executions(1).await);
+    drop(s);
+    let pid = gw.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut status = None;
+    let exited = common::eventually(Duration::from_secs(10), || {
+        let s = gw.child.try_wait().unwrap();
+        status = s;
+        async move { s.is_some() }
+    })
+    .await;
+    assert!(exited && status.unwrap().success(), "exited cleanly: {status:?}");
+    drop(gw);
+    let gw = Gateway::start(&args);
+    let r = Http::default().post(&gw.url("/pay?delay_ms=700"), "term", "{}").await;
+    assert!(r.replayed(), "the outcome was recorded before the exit: {r:?}");
+    assert_eq!(up.executions(), 1);
+}
