@@ -121,9 +121,9 @@ where
             drop(scope);
             let method = parts.method.clone();
             let uri = parts.uri.clone();
-            let shared = job.shared.clone();
+            let mut job = job;
             let (resp, outcome) = job.run(parts, body, id).await?;
-            shared.metrics.outcome(outcome);
+            job.shared.metrics.outcome(outcome);
             log_request(&method, uri.path(), outcome, resp.status(), start);
             Ok(resp)
         };
@@ -186,7 +186,7 @@ struct Protected<S> {
 
 impl<S> Protected<S> {
     async fn run<ReqB, ResB>(
-        mut self,
+        &mut self,
         parts: http::request::Parts,
         body: ReqB,
         id: RecordId,

@@ -248,7 +248,9 @@ impl Visit for Fields<'_, '_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.put(field, |w, json| {
             if json {
-                json_str(w, &format!("{value:?}"))
+                w.write_char('"')?;
+                std::fmt::Write::write_fmt(&mut JsonEscaped(w), format_args!("{value:?}"))?;
+                w.write_char('"')
             } else {
                 write!(w, "{value:?}")
             }
@@ -259,22 +261,32 @@ impl Visit for Fields<'_, '_> {
 /// A JSON string literal.
 fn json_str(w: &mut format::Writer<'_>, s: &str) -> std::fmt::Result {
     w.write_char('"')?;
-    let mut rest = s;
-    while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
-        w.write_str(&rest[..i])?;
-        let c = rest[i..].chars().next().unwrap_or(' ');
-        match c {
-            '"' => w.write_str("\\\"")?,
-            '\\' => w.write_str("\\\\")?,
-            '\n' => w.write_str("\\n")?,
-            '\r' => w.write_str("\\r")?,
-            '\t' => w.write_str("\\t")?,
-            c => write!(w, "\\u{:04x}", c as u32)?,
-        }
-        rest = &rest[i + c.len_utf8()..];
-    }
-    w.write_str(rest)?;
+    std::fmt::Write::write_str(&mut JsonEscaped(w), s)?;
     w.write_char('"')
+}
+
+/// Writes what is formatted into it as the inside of a JSON string (no allocation).
+struct JsonEscaped<'a, 'w>(&'a mut format::Writer<'w>);
+
+impl std::fmt::Write for JsonEscaped<'_, '_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let w = &mut *self.0;
+        let mut rest = s;
+        while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+            w.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().unwrap_or(' ');
+            match c {
+                '"' => w.write_str("\\\"")?,
+                '\\' => w.write_str("\\\\")?,
+                '\n' => w.write_str("\\n")?,
+                '\r' => w.write_str("\\r")?,
+                '\t' => w.write_str("\\t")?,
+                c => write!(w, "\\u{:04x}", c as u32)?,
+            }
+            rest = &rest[i + c.len_utf8()..];
+        }
+        w.write_str(rest)
+    }
 }
 
 thread_local! {

@@ -296,7 +296,7 @@ async fn sigterm_waits_for_a_request_whose_client_hung_up() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let args = ["--upstream", &up.url(), "--store", dir.path().to_str().unwrap()];
-    let mut gw = Gateway::start(&args);
+    let gw = Gateway::start(&args);
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let head = "POST /pay?delay_ms=700 HTTP/1.1\r\nhost: x\r\nidempotency-key: term\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
     s.write_all(head.as_bytes()).await.unwrap();
@@ -308,15 +308,11 @@ async fn sigterm_waits_for_a_request_whose_client_hung_up() {
         .status()
         .unwrap()
         .success());
-    let mut status = None;
-    let exited = common::eventually(Duration::from_secs(10), || {
-        let s = gw.child.try_wait().unwrap();
-        status = s;
-        async move { s.is_some() }
-    })
-    .await;
-    assert!(exited && status.unwrap().success(), "exited cleanly: {status:?}");
-    drop(gw);
+    let status = gw.exit_within(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exited cleanly within 10 s: {status:?}"
+    );
     let gw = Gateway::start(&args);
     let r = Http::default().post(&gw.url("/pay?delay_ms=700"), "term", "{}").await;
     assert!(r.replayed(), "the outcome was recorded before the exit: {r:?}");

@@ -190,7 +190,7 @@ async fn admin_health_readiness_metrics_and_key_api() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let up = Upstream::start().await;
-    let mut gw = Gateway::start(&["--upstream", &up.url(), "--store", "memory"]);
+    let gw = Gateway::start(&["--upstream", &up.url(), "--store", "memory"]);
     let http = Http::default();
     let url = gw.url("/pay?delay_ms=500");
     let inflight = tokio::spawn({
@@ -202,15 +202,11 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 201, "the in-flight request completed during shutdown");
-    let mut status = None;
-    let exited = eventually(Duration::from_secs(10), || {
-        let s = gw.child.try_wait().unwrap();
-        status = s;
-        async move { s.is_some() }
-    })
-    .await;
-    assert!(exited, "exited within 10 s");
-    assert!(status.unwrap().success());
+    let status = gw.exit_within(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exited cleanly within 10 s: {status:?}"
+    );
 }
 
 #[test]

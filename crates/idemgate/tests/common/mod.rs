@@ -289,6 +289,25 @@ impl Gateway {
         }
     }
 
+    /// Waits (bounded) for the process to exit on its own, e.g. after SIGTERM; blocks in `wait`
+    /// rather than polling. If it has not exited within `within` it is killed and `None` returned.
+    pub async fn exit_within(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let waiting = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait();
+            (self, status)
+        });
+        tokio::pin!(waiting);
+        let (exited, (_gw, status)) = match tokio::time::timeout(within, &mut waiting).await {
+            Ok(done) => (true, done.unwrap()),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                (false, waiting.await.unwrap())
+            }
+        };
+        exited.then(|| status.unwrap())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
