@@ -144,6 +144,16 @@ where
 }
 
 impl<S> Idempotency<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably (a server sets per-connection state on its clone).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// The exchanges that went on without their client (it hung up after the claim): a server
     /// waits for [`DetachedTasks::idle`] at shutdown so that they record their outcomes.
     pub fn detached(&self) -> DetachedTasks {

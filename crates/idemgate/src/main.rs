@@ -14,6 +14,7 @@ mod server;
 mod settings;
 mod stores;
 mod telemetry;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,19 +12,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderValue, HOST};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use idemgate_core::BoxFuture;
 use idemgate_tower::{strip_hop_by_hop, RequestBody, UpstreamError};
 
-/// The client's address, put in request extensions by the server.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
+use crate::upstream::{Pool, PooledBody};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The upstream could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +36,23 @@ pub enum UpstreamUrlError {
 
 #[derive(Debug)]
 struct Target {
-    authority: Authority,
+    pool: Arc<Pool>,
     host_header: HeaderValue,
     base_path: String,
+    timeout: Duration,
 }
 
 /// Forwards requests to one upstream over pooled HTTP/1.1 connections.
+///
+/// Cloned for every request (by the server and by the layer), so a clone is one reference count
+/// (and, per connection, the client's address). Each serving thread makes its own proxy, so each
+/// has its own connection pool.
 #[derive(Clone, Debug)]
 pub struct Proxy {
-    client: Client<HttpConnector, RequestBody<Incoming>>,
     target: Arc<Target>,
-    timeout: Duration,
+    /// The client's address as an `X-Forwarded-For` value, set per connection by the server
+    /// ([`Proxy::set_client`]; formatted once, not per request).
+    forwarded_for: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -65,24 +70,24 @@ impl Proxy {
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|e| UpstreamUrlError::Invalid(upstream.into(), e.to_string()))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
         // A failed connect is "not executed" (the key is released); keep it well inside the
         // response timeout so a slow connect is not mistaken for an unknown outcome.
-        connector.set_connect_timeout(Some((timeout / 2).min(Duration::from_secs(5))));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let connect_timeout = (timeout / 2).min(Duration::from_secs(5));
         Ok(Self {
-            client,
             target: Arc::new(Target {
-                authority,
+                pool: Arc::new(Pool::new(addr, connect_timeout, 256)),
                 host_header,
                 base_path,
+                timeout,
             }),
-            timeout,
+            forwarded_for: None,
         })
+    }
+
+    /// Tells the proxy whose connection it forwards (the `X-Forwarded-For` it adds).
+    pub fn set_client(&mut self, peer: SocketAddr) {
+        self.forwarded_for = HeaderValue::from_str(&peer.ip().to_string()).ok();
     }
 
     fn rewrite(&self, req: &mut Request<RequestBody<Incoming>>) -> Result<(), UpstreamError> {
@@ -94,37 +99,39 @@ impl Proxy {
             format!("{}{}", t.base_path, pq).parse()
         }
         .map_err(|e| UpstreamError::NotExecuted(Box::new(e)))?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(t.authority.clone());
-        parts.path_and_query = Some(pq);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::NotExecuted(Box::new(e)))?;
-        let peer = req.extensions().get::<PeerAddr>().copied();
+        // Origin form (`/path?query`): what an HTTP/1.1 request to the origin carries.
+        *req.uri_mut() = Uri::from(pq);
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         if let Some(host) = headers.insert(HOST, t.host_header.clone()) {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST.clone(), host);
         }
-        if let Some(PeerAddr(addr)) = peer {
-            let ip = addr.ip().to_string();
-            let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                headers.insert("x-forwarded-for", v);
+        if let Some(ip) = &self.forwarded_for {
+            match headers.get(&X_FORWARDED_FOR) {
+                Some(prev) => {
+                    let mut xff = Vec::with_capacity(prev.len() + 2 + ip.len());
+                    xff.extend_from_slice(prev.as_bytes());
+                    xff.extend_from_slice(b", ");
+                    xff.extend_from_slice(ip.as_bytes());
+                    if let Ok(v) = HeaderValue::from_bytes(&xff) {
+                        headers.insert(X_FORWARDED_FOR.clone(), v);
+                    }
+                }
+                None => {
+                    headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+                }
             }
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         *req.version_mut() = http::Version::HTTP_11;
         Ok(())
     }
 }
 
 impl tower::Service<Request<RequestBody<Incoming>>> for Proxy {
-    type Response = Response<Incoming>;
+    type Response = Response<PooledBody>;
     type Error = UpstreamError;
-    type Future = BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>;
+    type Future = BoxFuture<'static, Result<Response<PooledBody>, UpstreamError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -132,18 +139,17 @@ impl tower::Service<Request<RequestBody<Incoming>>> for Proxy {
 
     fn call(&mut self, mut req: Request<RequestBody<Incoming>>) -> Self::Future {
         let rewritten = self.rewrite(&mut req);
-        let client = self.client.clone();
-        let timeout = self.timeout;
+        let target = self.target.clone();
         Box::pin(async move {
             rewritten?;
-            match tokio::time::timeout(timeout, client.request(req)).await {
+            let timeout = target.timeout;
+            match tokio::time::timeout(timeout, target.pool.send(req)).await {
                 Err(_) => Err(UpstreamError::Timeout(timeout)),
                 Ok(Ok(mut resp)) => {
                     strip_hop_by_hop(resp.headers_mut());
                     Ok(resp)
                 }
-                Ok(Err(e)) if e.is_connect() => Err(UpstreamError::NotExecuted(Box::new(e))),
-                Ok(Err(e)) => Err(UpstreamError::Failed(Box::new(e))),
+                Ok(Err(e)) => Err(e),
             }
         })
     }

@@ -25,28 +25,45 @@ use idemgate_tower::{Idempotency, Problem, ResponseBody, UpstreamError};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::proxy::{PeerAddr, Proxy};
+use crate::proxy::Proxy;
+use crate::upstream::PooledBody;
 
 type GatewayService = Idempotency<Proxy>;
 
-/// One connection's service: tags requests with the peer address and turns errors of
-/// unprotected requests into problem responses.
+/// One connection's service: the gateway's, with the proxy told whose connection it is; turns
+/// errors of unprotected requests into problem responses.
 #[derive(Clone)]
 struct Conn {
     svc: GatewayService,
-    peer: SocketAddr,
+}
+
+impl Conn {
+    fn new(svc: &GatewayService, peer: SocketAddr) -> Self {
+        let mut svc = svc.clone();
+        svc.get_mut().set_client(peer);
+        Self { svc }
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for Conn {
-    type Response = Response<ResponseBody<Incoming>>;
+    type Response = Response<ResponseBody<PooledBody>>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(PeerAddr(self.peer));
-        let svc = self.svc.clone();
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let mut svc = self.svc.clone();
+        // The proxy is always ready; ask once without a waker instead of driving `oneshot`.
+        let ready = matches!(
+            tower::Service::poll_ready(&mut svc, &mut std::task::Context::from_waker(std::task::Waker::noop())),
+            std::task::Poll::Ready(Ok(()))
+        );
         Box::pin(async move {
-            match svc.oneshot(req).await {
+            let result = if ready {
+                tower::Service::call(&mut svc, req).await
+            } else {
+                svc.oneshot(req).await
+            };
+            match result {
                 Ok(resp) => Ok(resp),
                 Err(e) => {
                     tracing::warn!(error = %e, "upstream error on an unprotected request");
@@ -82,7 +99,7 @@ pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Fu
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection(TokioIo::new(stream), Conn { svc: svc.clone(), peer });
+                let conn = builder.serve_connection(TokioIo::new(stream), Conn::new(&svc, peer));
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

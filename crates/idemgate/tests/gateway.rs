@@ -360,3 +360,45 @@ async fn serving_threads_share_one_store() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("threads"));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &["--threads", "1"]));
+    let http = Http::default();
+    for n in 0..20 {
+        let key = format!("reuse-{n}");
+        assert_eq!(http.post(&gw.url("/payments"), &key, "{}").await.status, 201);
+        assert!(http.post(&gw.url("/payments"), &key, "{}").await.replayed());
+        // Unprotected, streamed through, also on the pooled connection.
+        assert_eq!(
+            http.send("GET", &gw.url("/payments?bytes=100000"), &[], "")
+                .await
+                .body
+                .len(),
+            100_000
+        );
+    }
+    assert_eq!(up.executions(), 40);
+    assert_eq!(
+        up.connections(),
+        1,
+        "one client at a time needs one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_its_connections_gets_a_new_one_for_each_request() {
+    let up = Upstream::without_keep_alive().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &["--threads", "1"]));
+    let http = Http::default();
+    for n in 0..10 {
+        let reply = http.post(&gw.url("/payments"), &format!("close-{n}"), "{}").await;
+        assert_eq!(reply.status, 201, "request {n}: {:?}", reply.body);
+        assert_eq!(http.send("GET", &gw.url("/payments"), &[], "").await.status, 201);
+    }
+    assert_eq!(up.executions(), 20, "each executed once: none lost, none repeated");
+    assert_eq!(up.connections(), 20);
+}

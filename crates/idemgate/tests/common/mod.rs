@@ -34,6 +34,8 @@ type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 pub struct Upstream {
     pub addr: SocketAddr,
     pub count: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicU64>,
     /// Woken on every execution: tests wait on it instead of polling the count.
     executed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -51,29 +53,49 @@ impl Upstream {
     }
 
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_with(addr, true).await
+    }
+
+    /// An upstream that closes every connection after one response (`keep_alive: false`).
+    pub async fn without_keep_alive() -> Self {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), false).await
+    }
+
+    async fn start_with(addr: SocketAddr, keep_alive: bool) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
         let executed = Arc::new(tokio::sync::Notify::new());
         let c = (count.clone(), executed.clone());
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let c = c.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(req, c.clone()));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
         Self {
             addr,
             count,
+            connections,
             executed,
             task,
         }
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
