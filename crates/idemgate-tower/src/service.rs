@@ -246,7 +246,8 @@ impl<S> Protected<S> {
                     lease_ms: self.policy.lease_ms,
                 })
                 .await;
-            self.shared.metrics.store_claim.record(secs(t.elapsed()));
+            let claimed = Instant::now();
+            self.shared.metrics.store_claim.record(secs(claimed - t));
             match claim {
                 Ok(Claim::Acquired { token, takeover }) => {
                     if takeover {
@@ -254,7 +255,9 @@ impl<S> Protected<S> {
                     }
                     drop(waiting);
                     let req = Request::from_parts(parts, RequestBody::full(body));
-                    return Ok(self.execute(req, id, token).await);
+                    // Boxed: this future is moved (copied) with every protected request, replays
+                    // included, and the execution's state is most of its size.
+                    return Ok(Box::pin(self.execute(req, id, token, claimed)).await);
                 }
                 Ok(Claim::Completed { fingerprint: f, .. }) | Ok(Claim::InFlight { fingerprint: f, .. })
                     if f != fingerprint =>
@@ -298,12 +301,14 @@ impl<S> Protected<S> {
         }
     }
 
-    /// Forwards the request this claim owns and records (or releases) its outcome.
+    /// Forwards the request this claim owns (claimed at `started`) and records (or releases)
+    /// its outcome.
     async fn execute<ReqB, ResB>(
         &mut self,
         req: Request<RequestBody<ReqB>>,
         id: RecordId,
         token: FencingToken,
+        started: Instant,
     ) -> (Reply<ResB>, Outcome)
     where
         S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>>,
@@ -311,7 +316,6 @@ impl<S> Protected<S> {
         ResB: Body<Data = Bytes> + Unpin,
         ResB::Error: Into<BoxError> + Send,
     {
-        let started = Instant::now();
         let lease_end = started + Duration::from_millis(self.policy.lease_ms);
         let lock_secs = self.policy.lease_ms.div_ceil(1000).max(1);
         let resp = match self.inner.call(req).await {
@@ -400,13 +404,13 @@ impl<S> Protected<S> {
                 return pass_too_large(&self.shared, rparts, Some(prefix), rbody, id, token).await;
             }
         }
-        self.shared.metrics.upstream.record(secs(started.elapsed()));
+        let answered = Instant::now();
+        self.shared.metrics.upstream.record(secs(answered - started));
         let stored = builder.finish();
         let body = stored.body();
         let expires_at_ms = (self.shared.config.clock.0)().saturating_add(self.policy.ttl_ms);
-        let t = Instant::now();
         let result = self.shared.store.complete(id, token, stored, expires_at_ms).await;
-        self.shared.metrics.store_complete.record(secs(t.elapsed()));
+        self.shared.metrics.store_complete.record(secs(answered.elapsed()));
         match result {
             Ok(()) => self.shared.waiters.wake(&id),
             Err(CompleteError::Fenced) => {

@@ -92,13 +92,14 @@ impl Proxy {
 
     fn rewrite(&self, req: &mut Request<RequestBody<Incoming>>) -> Result<(), UpstreamError> {
         let t = &self.target;
-        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let pq: PathAndQuery = if t.base_path.is_empty() {
-            PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(pq.as_bytes()))
-        } else {
-            format!("{}{}", t.base_path, pq).parse()
-        }
-        .map_err(|e| UpstreamError::NotExecuted(Box::new(e)))?;
+        let pq = match (req.uri().path_and_query(), t.base_path.is_empty()) {
+            // The request's own, shared (no copy, no second parse).
+            (Some(pq), true) => pq.clone(),
+            (None, true) => PathAndQuery::from_static("/"),
+            (pq, false) => format!("{}{}", t.base_path, pq.map_or("/", |pq| pq.as_str()))
+                .parse()
+                .map_err(|e| UpstreamError::NotExecuted(Box::new(e)))?,
+        };
         // Origin form (`/path?query`): what an HTTP/1.1 request to the origin carries.
         *req.uri_mut() = Uri::from(pq);
         let headers = req.headers_mut();
