@@ -20,7 +20,10 @@
 //!   lease plus [`RedisOptions::in_flight_slack`], so a claim after the lease still sees the
 //!   record and reports a takeover. Correctness never depends on Redis's clock.
 //! - **Connections.** One multiplexed connection ([`redis::aio::ConnectionManager`]) is shared by
-//!   every request; a request waiting on a key holds no connection. After an outage it
+//!   every request, except on a gateway serving thread (a current-thread runtime with a
+//!   `ReplyQueue`), which opens a connection of its own on first use so that its commands wake no
+//!   other thread (a single Redis only; a cluster connection stays shared). A request waiting on a
+//!   key holds no connection. After an outage it
 //!   reconnects by itself: the gateway recovers without a restart. Every command is bounded by
 //!   [`RedisOptions::timeout`], so an outage answers [`StoreError::Unavailable`] or
 //!   [`StoreError::Timeout`] quickly instead of hanging.
@@ -241,6 +244,10 @@ impl Scripts {
 /// The Redis store (see the module docs).
 pub struct RedisStore {
     conn: Conn,
+    /// How to open another connection to a single Redis (see [`RedisStore::thread_conn`]).
+    per_thread: Option<(redis::Client, ConnectionManagerConfig)>,
+    /// Tells this store's connections apart in a thread's cache.
+    id: u64,
     scripts: Scripts,
     opts: RedisOptions,
     round_trips: AtomicU64,
@@ -257,6 +264,15 @@ impl std::fmt::Debug for RedisStore {
             .field("timeout", &self.opts.timeout)
             .finish_non_exhaustive()
     }
+}
+
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Per store and serving-thread runtime (its `ReplyQueue`'s address): that thread's connection.
+type ThreadConns = Vec<((u64, usize), ConnectionManager)>;
+
+thread_local! {
+    static THREAD_CONNS: std::cell::RefCell<ThreadConns> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The shared multiplexed connection: one Redis, or every node of a cluster.
@@ -707,6 +723,7 @@ impl RedisStore {
         let certs = target.ca.as_deref().map(read_ca).transpose().map_err(tls_error)?;
         let timeout = opts.timeout;
         let connect_timeout = timeout.min(Duration::from_secs(1));
+        let mut per_thread = None;
         let conn = if target.cluster {
             let mut builder = ClusterClientBuilder::new(target.nodes.iter().map(String::as_str))
                 .connection_timeout(connect_timeout)
@@ -732,10 +749,13 @@ impl RedisStore {
                 .set_number_of_retries(2)
                 .set_min_delay(Duration::from_millis(20))
                 .set_max_delay(Duration::from_millis(500));
+            per_thread = Some((client.clone(), config.clone()));
             Conn::Single(open_step(&shown, timeout, ConnectionManager::new_with_config(client, config)).await?)
         };
         let store = Self {
             conn,
+            per_thread,
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             scripts: Scripts::new(),
             opts,
             round_trips: AtomicU64::new(0),
@@ -745,7 +765,7 @@ impl RedisStore {
         };
         // On a cluster `SCRIPT LOAD` goes to every node.
         for script in store.scripts.all() {
-            let mut c = store.counted();
+            let mut c = store.counted().await;
             open_step(&shown, timeout, script.prepare_invoke().load_async(&mut c)).await?;
         }
         store.check_eviction_policy().await;
@@ -761,7 +781,7 @@ impl RedisStore {
     async fn check_eviction_policy(&self) {
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory-policy");
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         // Every primary of a cluster answers, in a map by node address.
         let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
         let replies = match self.bounded(c.route(cmd, all)).await {
@@ -814,10 +834,49 @@ impl RedisStore {
         &self.opts
     }
 
-    fn counted(&self) -> Counted<'_> {
+    async fn counted(&self) -> Counted<'_> {
         Counted {
-            conn: self.conn.clone(),
+            conn: self.thread_conn().await.unwrap_or_else(|| self.conn.clone()),
             n: &self.round_trips,
+        }
+    }
+
+    /// On a gateway serving thread (one that has a `ReplyQueue`: a current-thread runtime of its
+    /// own), a connection of that thread's own, opened on first use: its driver task runs on the
+    /// same thread as the requests, so a command wakes nothing on another thread (measured:
+    /// PERFORMANCE.md). Elsewhere, or for a cluster, or when opening one fails: `None`, and the
+    /// shared connection serves.
+    async fn thread_conn(&self) -> Option<Conn> {
+        let (client, config) = self.per_thread.as_ref()?;
+        let queue = idemgate_core::reply::ReplyQueue::current()?;
+        let runtime = std::sync::Arc::as_ptr(&queue) as usize;
+        let key = (self.id, runtime);
+        let known = THREAD_CONNS.with(|c| c.borrow().iter().find(|(k, _)| *k == key).map(|(_, c)| c.clone()));
+        if known.is_some() {
+            return known.map(Conn::Single);
+        }
+        let opened = tokio::time::timeout(
+            self.opts.timeout,
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
+        )
+        .await;
+        match opened {
+            Ok(Ok(conn)) => {
+                THREAD_CONNS.with(|c| {
+                    let mut c = c.borrow_mut();
+                    // Forget connections of runtimes this thread no longer runs.
+                    c.retain(|((id, rt), _)| *id != self.id || *rt == runtime);
+                    if !c.iter().any(|(k, _)| *k == key) {
+                        c.push((key, conn.clone()));
+                    }
+                });
+                Some(Conn::Single(conn))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not open a serving thread's own Redis connection; using the shared one");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -845,7 +904,7 @@ impl RedisStore {
             .arg(token.0)
             .arg(lease_until)
             .arg(ttl);
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
         parse_claim(v, token)
     }
@@ -866,7 +925,7 @@ impl RedisStore {
             .arg(expires_at_ms)
             .arg(&response.as_bytes()[..])
             .arg(ttl);
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
         match int(&v) {
             Some(1) => Ok(()),
@@ -878,7 +937,7 @@ impl RedisStore {
     async fn release_inner(&self, id: RecordId, token: FencingToken) -> Result<bool, StoreError> {
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(record_key(&id)).arg(token.0);
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
         int(&v).map(|n| n == 1).ok_or_else(|| unexpected(&v))
     }
@@ -886,7 +945,7 @@ impl RedisStore {
     async fn get_inner(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(record_key(&id)).arg(&["s", "fp", "t", "d", "r"][..]);
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
         parse_record(v)
     }
@@ -894,7 +953,7 @@ impl RedisStore {
     async fn delete_inner(&self, id: RecordId) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(record_key(&id));
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
         int(&v).map(|n| n > 0).ok_or_else(|| unexpected(&v))
     }
@@ -927,7 +986,7 @@ impl RedisStore {
     /// One `SCAN` step, then one script over every key found.
     async fn purge_single(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let cursor = *self.scan_cursor.lock().unwrap_or_else(|p| p.into_inner());
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         let v: Value = self.bounded(Self::scan_cmd(cursor, limit).query_async(&mut c)).await?;
         let (next, keys) = parse_scan(&v, limit)?;
         *self.scan_cursor.lock().unwrap_or_else(|p| p.into_inner()) = next;
@@ -950,7 +1009,7 @@ impl RedisStore {
     async fn purge_cluster(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         // Copied out: the lock is never held across an await.
         let mut scan = self.cluster_scan.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         if scan.node >= scan.nodes.len() {
             // A new pass: ask the cluster for its primaries (a map keyed by node address).
             let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
@@ -1015,7 +1074,7 @@ impl RedisStore {
     async fn check_secret_inner(&self, check: [u8; 32]) -> Result<(), StoreError> {
         let mut inv = self.scripts.secret.prepare_invoke();
         inv.key(SECRET_CHECK_KEY).arg(&check[..]);
-        let mut c = self.counted();
+        let mut c = self.counted().await;
         let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
         match &v {
             Value::Nil => Ok(()),
@@ -1065,7 +1124,7 @@ impl Store for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut c = self.counted();
+            let mut c = self.counted().await;
             let v: Value = self.bounded(redis::cmd("PING").query_async(&mut c)).await?;
             match v {
                 Value::SimpleString(_) | Value::Okay | Value::BulkString(_) => Ok(()),

@@ -329,3 +329,118 @@ async fn an_evicting_redis_is_warned_about_not_refused() {
     let s = RedisStore::connect(&server.url()).await.unwrap();
     s.ping().await.unwrap();
 }
+
+/// Connections to Redis the server counts (`CLIENT LIST`), minus the asking one.
+async fn clients(url: &str) -> usize {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap();
+    list.lines().count() - 1
+}
+
+#[test]
+fn each_serving_thread_gets_a_connection_of_its_own_that_survives_an_outage() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let opts = RedisOptions {
+        timeout: Duration::from_millis(500),
+        ..RedisOptions::default()
+    };
+    let store = Arc::new(main.block_on(RedisStore::connect_with(&url, opts)).unwrap());
+    assert_eq!(main.block_on(clients(&url)), 1, "the shared connection");
+    // Like the gateway's serving threads: a current-thread runtime each, with a reply queue.
+    let serve = |store: Arc<RedisStore>, first: u8| {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let _replies = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
+                for n in first..first + 20 {
+                    let id = RecordId([n; 32]);
+                    let Claim::Acquired { token, .. } = store.claim(req(id, time::now_ms(), 10_000)).await.unwrap()
+                    else {
+                        panic!("expected to acquire {n}")
+                    };
+                    store
+                        .complete(id, token, resp(&[n]), time::now_ms() + 60_000)
+                        .await
+                        .unwrap();
+                }
+            });
+        })
+    };
+    for h in [serve(store.clone(), 0), serve(store.clone(), 100)] {
+        h.join().unwrap();
+    }
+    // Every record written through the serving threads' connections is there.
+    main.block_on(async {
+        for n in (0..20).chain(100..120) {
+            match store
+                .claim(req(RecordId([n; 32]), time::now_ms(), 10_000))
+                .await
+                .unwrap()
+            {
+                Claim::Completed { response, .. } => assert_eq!(&response.body()[..], &[n]),
+                other => panic!("record {n}: {other:?}"),
+            }
+        }
+    });
+    // A live serving thread's own connection: counted by Redis, and it survives an outage
+    // (Redis stops, the thread is told it is down, then reconnects by itself once it is back).
+    let (step_tx, step_rx) = std::sync::mpsc::channel::<&'static str>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let s = store.clone();
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let _replies = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
+            let claim = |n: u8| s.claim(req(RecordId([n; 32]), time::now_ms(), 10_000));
+            assert!(matches!(claim(200).await, Ok(Claim::Acquired { .. })));
+            step_tx.send("opened").unwrap();
+            let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
+            let wait = || {
+                let go_rx = go_rx.clone();
+                tokio::task::spawn_blocking(move || go_rx.lock().unwrap().recv_timeout(Duration::from_secs(10)))
+            };
+            wait().await.unwrap().unwrap();
+            match claim(201).await {
+                Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
+                other => panic!("expected the outage to be reported, got {other:?}"),
+            }
+            step_tx.send("down").unwrap();
+            wait().await.unwrap().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match claim(202).await {
+                    Ok(Claim::Acquired { .. }) => break,
+                    Ok(other) => panic!("{other:?}"),
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "did not recover within 15 s: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            step_tx.send("recovered").unwrap();
+        });
+    });
+    let step = || step_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(step(), "opened");
+    assert_eq!(
+        main.block_on(clients(&url)),
+        2,
+        "the shared connection and the live serving thread's own"
+    );
+    server.stop();
+    go_tx.send(()).unwrap();
+    assert_eq!(step(), "down");
+    server.restart();
+    go_tx.send(()).unwrap();
+    assert_eq!(step(), "recovered");
+    worker.join().unwrap();
+}

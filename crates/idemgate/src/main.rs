@@ -110,11 +110,12 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     let layer = IdempotencyLayer::new(store.clone(), hasher, settings.layer.clone());
     let svc = layer.layer(proxy);
 
-    let threads = serving_threads(settings.threads, store.kind());
-    // In-process stores serve on threads of their own even with one thread (a current-thread
-    // runtime wakes nothing across threads); Redis and PostgreSQL, with one thread, serve on the
-    // shared runtime that their clients run on.
-    let own_threads = threads > 1 || in_process(store.kind());
+    let on_threads = stores::serves_on_threads(&settings.store);
+    let threads = serving_threads(settings.threads, on_threads);
+    // Stores that serve each thread on that thread do so even with one thread (a current-thread
+    // runtime wakes nothing across threads); a Redis Cluster and PostgreSQL, with one thread,
+    // serve on the shared runtime that their clients run on.
+    let own_threads = threads > 1 || on_threads;
     let listener = if !own_threads {
         TcpListener::bind(settings.listen).await
     } else {
@@ -180,21 +181,18 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     Ok(())
 }
 
-/// `--threads`, or by default one serving thread per CPU for the in-process stores. The Redis and
-/// PostgreSQL clients run their connections on the shared runtime, so from a serving thread every
-/// store call would cross threads twice: they default to one listener on the shared runtime
-/// (measured, new keys on Redis: 8.5k req/s with 1, 7.2k with 2 serving threads; PERFORMANCE.md).
-fn serving_threads(configured: Option<usize>, store_kind: &str) -> usize {
+/// `--threads`, or by default one serving thread per CPU for the stores that serve each thread on
+/// that thread (in-process stores, and a single Redis with a connection per serving thread). The
+/// Redis Cluster and PostgreSQL clients run their connections on the shared runtime, so from a
+/// serving thread every store call would cross threads twice: they default to one listener on
+/// the shared runtime (measured, new keys on Redis with its shared connection: 8.5k req/s with 1,
+/// 7.2k with 2 serving threads; PERFORMANCE.md).
+fn serving_threads(configured: Option<usize>, on_threads: bool) -> usize {
     match configured {
         Some(n) => n,
-        None if in_process(store_kind) => std::thread::available_parallelism().map_or(1, usize::from),
+        None if on_threads => std::thread::available_parallelism().map_or(1, usize::from),
         None => 1,
     }
-}
-
-/// Stores that live in the gateway's process (no client connection on the shared runtime).
-fn in_process(store_kind: &str) -> bool {
-    matches!(store_kind, "memory" | "embedded")
 }
 
 /// Purges expired records in small batches and refreshes gauges.

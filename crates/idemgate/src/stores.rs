@@ -44,6 +44,16 @@ pub enum StoreSpecError {
     Secret { path: String, source: std::io::Error },
 }
 
+/// Whether the store named by `spec` can serve each serving thread on that thread: the in-process
+/// stores, and a single Redis (each serving thread opens a connection of its own). A Redis
+/// Cluster and PostgreSQL keep their connections on the shared runtime (see main.rs).
+pub fn serves_on_threads(spec: &str) -> bool {
+    match spec.split_once("://") {
+        None => true,
+        Some((scheme, _)) => matches!(scheme, "redis" | "rediss"),
+    }
+}
+
 /// Opens the store named by `spec` and its scope hasher.
 pub async fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, ScopeHasher), StoreSpecError> {
     if spec == "memory" || spec.starts_with("memory?") {
