@@ -307,11 +307,13 @@ metric_sum() { # admin_port regex -> sum of the matching samples
 server_cmds() { # target -> the store server's own count of commands/statements
   case $1 in
     redis) # round trips: script invocations plus client commands that the store's Lua scripts never
-           # call (INFO stats' total_commands_processed would also count the commands run inside scripts)
+           # call (INFO stats' total_commands_processed would also count the commands run inside
+           # scripts): the scripts call GET, GETRANGE, PSETEX and DEL; a claim is a client SET
+           # (the hash commands are those of the store's format 1)
       redis-cli -p "$P_REDIS" info commandstats | tr -d '\r' | awk -F'[_:=,]' '/^cmdstat_/ {
         c = tolower($2); if ($3 != "calls") c = c "_" $3
         n = 0; for (i = 3; i <= NF; i++) if ($i == "calls") { n = $(i + 1); break }
-        if (c ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro)$/ || c !~ /^(del|get|hdel|hmget|hset|pexpire|set|hget|info|client.*)$/) s += n
+        if (c ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro)$/ || c !~ /^(del|get|getrange|psetex|hdel|hmget|hset|pexpire|hget|info|client.*)$/) s += n
       } END { printf "%.0f\n", s + 0 }' ;;
     postgres) psql_q "SELECT coalesce(sum(calls),0) FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'" || echo 0 ;;
     *) echo 0 ;;

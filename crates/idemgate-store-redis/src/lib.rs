@@ -1,22 +1,24 @@
 //! idemgate's shared Redis store: every gateway of a fleet claims keys in one Redis.
 //!
-//! - **One key per record.** A record is one Redis hash named `idemgate:{<64 hex id>}`; the braces
-//!   are an explicit hash tag, so whatever Redis Cluster does, all of a record lives in one slot
-//!   and every script touches exactly one key. Fields: `s` (state, `f` in flight or `c`
-//!   completed), `fp` (the 32-byte fingerprint), `t` (the fencing token, decimal; in flight only),
-//!   `d` (the deadline in Unix ms, decimal: lease end in flight, expiry once completed) and `r`
-//!   (the encoded [`StoredResponse`], completed only).
-//! - **Atomic steps.** A claim is one Lua script ([`CLAIM_LUA`]) that reads the record and decides
-//!   exactly as [`idemgate_core::record::decide_claim`] does; a complete ([`COMPLETE_LUA`]) and a
-//!   release ([`RELEASE_LUA`]) are compare-and-set on the fencing token, compared as a string
-//!   (tokens are `u64`, beyond the 2^53 a Lua number holds exactly). A gateway whose lease was
-//!   taken over can never overwrite the record of the one that took over.
-//! - **Round trips.** A first request costs two (claim, complete); a replay one (the claim script
-//!   returns the stored response). Scripts are sent with `EVALSHA` and loaded at connect; after a
+//! - **One key per record.** A record is one Redis string named `idemgate2:{<64 hex id>}`, the
+//!   record as [`Record::encode`] writes it for every store; the braces are an explicit hash tag,
+//!   so whatever Redis Cluster does, all of a record lives in one slot and every command touches
+//!   exactly one key. (Format 1 kept hashes of fields under `idemgate:{…}`; they are not read.)
+//! - **Atomic steps.** On Redis 7.0 and later a claim is one `SET … NX GET PX`: it writes the
+//!   new in-flight record only where there is none and returns the record there is, which the
+//!   store then decides exactly as [`idemgate_core::record::decide_claim`] does. A record that
+//!   has expired by the caller's clock (a takeover) goes to the claim script ([`CLAIM_LUA`]),
+//!   which decides again atomically; before 7.0 every claim is that script. A complete
+//!   ([`COMPLETE_LUA`]) and a release ([`RELEASE_LUA`]) are compare-and-set on the fencing
+//!   token, compared as its 8 bytes (tokens are `u64`, beyond the 2^53 a Lua number holds
+//!   exactly). A gateway whose lease was taken over can never overwrite the record of the one
+//!   that took over.
+//! - **Round trips.** A first request costs two (claim, complete); a replay one (the claim
+//!   returns the stored record); a takeover of an expired lease two. Scripts are sent with `EVALSHA` and loaded at connect; after a
 //!   Redis restart the first call of each script reloads it by itself (`NOSCRIPT` → `SCRIPT LOAD`).
 //!   [`RedisStore::round_trips`] counts commands sent, for tests and diagnostics.
 //! - **Time.** Every decision uses the caller's `now_ms`, compared with `d`. Redis's own TTLs
-//!   (`PEXPIRE`) only collect garbage: a completed record lives `d - now`, an in-flight one its
+//!   (`PX`) only collect garbage: a completed record lives `d - now`, an in-flight one its
 //!   lease plus [`RedisOptions::in_flight_slack`], so a claim after the lease still sees the
 //!   record and reports a takeover. Correctness never depends on Redis's clock.
 //! - **Connections.** One multiplexed connection ([`redis::aio::ConnectionManager`]) is shared by
@@ -38,7 +40,7 @@
 //! - **Cluster.** `redis+cluster://h1:p1[,h2:p2,…]` speaks the Redis Cluster protocol
 //!   ([`redis::cluster_async::ClusterConnection`]: one multiplexed connection per node, redirects
 //!   and topology changes followed, nodes reconnected by themselves). Every record is one key,
-//!   so every claim, complete and release is still one script on one node, one round trip.
+//!   so every claim, complete and release is still one command or script on one node.
 //!   Scripts are loaded on every primary at connect (and reloaded on `NOSCRIPT`, e.g. on a node
 //!   added later). The purge steps through the primaries one `SCAN` step per call (the list of
 //!   primaries is asked of the cluster at the start of each pass) and checks each key it finds
@@ -69,8 +71,8 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use idemgate_core::record::CorruptRecord;
 use idemgate_core::{
-    BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Fingerprint, Purged, Record, RecordId, Store,
-    StoreError, StoredResponse,
+    BoxFuture, Claim, ClaimRequest, CompleteError, FencingToken, Purged, Record, RecordId, Store, StoreError,
+    StoredResponse,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -78,68 +80,83 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, TlsCertificates, Value};
 
-/// Prefix of every record key; the record id follows inside a `{…}` hash tag.
-pub const KEY_PREFIX: &str = "idemgate:";
+/// Prefix of every record key; the record id follows inside a `{…}` hash tag. (`idemgate2:`: the
+/// records are strings of `Record::encode`; version 1 kept hashes under `idemgate:`.)
+pub const KEY_PREFIX: &str = "idemgate2:";
 
 /// The key holding the scope-secret check value.
 pub const SECRET_CHECK_KEY: &str = "idemgate:secret-check";
 
-/// Claims a record. `KEYS[1]` the record; `ARGV`: now (ms), fingerprint, new token, lease end
-/// (ms), Redis TTL (ms). Returns `{"acquired", token, takeover 0/1}`, `{"f", fp, lease end}`,
-/// `{"c", fp, response}` or `{"corrupt", what}`.
-pub const CLAIM_LUA: &str = r#"
-local now = tonumber(ARGV[1])
-local rec = redis.call('HMGET', KEYS[1], 's', 'fp', 'd', 'r')
-local s = rec[1]
-local takeover = 0
-if s then
-  local d = tonumber(rec[3])
-  if not d then return {'corrupt', 'deadline'} end
-  if d > now then
-    if s == 'c' then
-      if not rec[4] then return {'corrupt', 'response'} end
-      return {'c', rec[2] or '', rec[4]}
-    elseif s == 'f' then
-      return {'f', rec[2] or '', rec[3]}
-    end
-    return {'corrupt', 'state'}
-  end
-  if s == 'f' then takeover = 1 end
+/// Lua helper: the deadline (Unix ms) and kind (1 in flight, 2 completed) of an encoded record
+/// (`Record::encode`: format 1, kind, 32-byte fingerprint, then for an in-flight record the
+/// token and the lease end, for a completed one the expiry, as little-endian u64s). `nil` for
+/// bytes that are not such a record. The deadline is read as a Lua number: exact below 2^53 ms.
+const DEADLINE_LUA: &str = r#"
+local function deadline(v)
+  if type(v) ~= 'string' or string.len(v) < 42 or string.byte(v, 1) ~= 1 then return nil end
+  local kind = string.byte(v, 2)
+  local at
+  if kind == 1 then at = 43 elseif kind == 2 then at = 35 else return nil end
+  if string.len(v) < at + 7 then return nil end
+  local d = 0
+  for i = at + 7, at, -1 do d = d * 256 + string.byte(v, i) end
+  return d, kind
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 's', 'f', 'fp', ARGV[2], 't', ARGV[3], 'd', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {'acquired', ARGV[3], takeover}
 "#;
 
-/// Completes the caller's own in-flight record. `KEYS[1]` the record; `ARGV`: token, expiry
-/// (ms), encoded response, Redis TTL (ms). Returns 1, or 0 when fenced off.
+/// Claims a key, deciding as [`idemgate_core::record::decide_claim`] does. `KEYS[1]` the record;
+/// `ARGV`: now (ms), the new in-flight record, its Redis TTL (ms). Returns `{'acquired',
+/// takeover}` after writing the new record, `{'existing', record}` for a live record, or
+/// `{'corrupt'}`. Used when `SET … NX GET` found a record that the caller's clock says has
+/// expired, and for every claim on a Redis older than 7.0 (which cannot combine `NX` and `GET`).
+pub const CLAIM_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local v = redis.call('GET', KEYS[1])
+local takeover = 0
+if v then
+  local d, kind = deadline(v)
+  if not d then return {'corrupt'} end
+  if d > now then return {'existing', v} end
+  if kind == 1 then takeover = 1 end
+end
+redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[2])
+return {'acquired', takeover}
+"#;
+
+/// Completes the caller's own in-flight record. `KEYS[1]` the record; `ARGV`: the token (8 bytes,
+/// little endian), the expiry (8 bytes, little endian), the encoded response, the Redis TTL (ms).
+/// Writes the completed record (the in-flight record's fingerprint kept) and returns 1, or 0 when
+/// fenced off. Tokens are compared as bytes, so every `u64` compares exactly.
 pub const COMPLETE_LUA: &str = r#"
-local rec = redis.call('HMGET', KEYS[1], 's', 't')
-if rec[1] ~= 'f' or rec[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 's', 'c', 'd', ARGV[2], 'r', ARGV[3])
-redis.call('HDEL', KEYS[1], 't')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local v = redis.call('GET', KEYS[1])
+if type(v) ~= 'string' or string.len(v) < 50 or string.sub(v, 1, 2) ~= '\1\1' or string.sub(v, 35, 42) ~= ARGV[1] then
+  return 0
+end
+redis.call('PSETEX', KEYS[1], ARGV[4], '\1\2' .. string.sub(v, 3, 34) .. ARGV[2] .. ARGV[3])
 return 1
 "#;
 
-/// Deletes the caller's own in-flight record. `KEYS[1]` the record; `ARGV[1]` the token.
-/// Returns 1, or 0 when the caller no longer owned it.
+/// Deletes the caller's own in-flight record. `KEYS[1]` the record; `ARGV[1]` the token (8 bytes,
+/// little endian). Returns 1, or 0 when the caller no longer owned it.
 pub const RELEASE_LUA: &str = r#"
-local rec = redis.call('HMGET', KEYS[1], 's', 't')
-if rec[1] ~= 'f' or rec[2] ~= ARGV[1] then return 0 end
+local v = redis.call('GET', KEYS[1])
+if type(v) ~= 'string' or string.len(v) < 50 or string.sub(v, 1, 2) ~= '\1\1' or string.sub(v, 35, 42) ~= ARGV[1] then
+  return 0
+end
 redis.call('DEL', KEYS[1])
 return 1
 "#;
 
 /// Deletes those of `KEYS` whose deadline is at or before `ARGV[1]` (ms); returns how many.
-/// On a single Redis one call takes every key a `SCAN` step found; on a cluster (where the keys
-/// of one call must share a slot) it is called with one key at a time.
+/// Reads only each record's first 50 bytes. On a single Redis one call takes every key a `SCAN`
+/// step found; on a cluster (where the keys of one call must share a slot) it is called with one
+/// key at a time.
 pub const PURGE_LUA: &str = r#"
 local now = tonumber(ARGV[1])
 local n = 0
 for _, k in ipairs(KEYS) do
-  local d = tonumber(redis.pcall('HGET', k, 'd'))
+  local ok, head = pcall(redis.call, 'GETRANGE', k, 0, 49)
+  local d = ok and deadline(head)
   if d and d <= now then
     redis.call('DEL', k)
     n = n + 1
@@ -205,6 +222,9 @@ pub struct RedisOptions {
     pub in_flight_slack: Duration,
     /// Keys examined per purge call at most (default 1000).
     pub purge_scan: usize,
+    /// Claim with `SET … NX GET` when the server is Redis 7.0 or later (default true); false
+    /// makes every claim run the claim script, as on an older Redis.
+    pub set_nx_get: bool,
 }
 
 impl Default for RedisOptions {
@@ -213,6 +233,7 @@ impl Default for RedisOptions {
             timeout: Duration::from_secs(2),
             in_flight_slack: Duration::from_secs(60),
             purge_scan: 1000,
+            set_nx_get: true,
         }
     }
 }
@@ -228,10 +249,10 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            claim: Script::new(CLAIM_LUA),
+            claim: Script::new(&format!("{DEADLINE_LUA}{CLAIM_LUA}")),
             complete: Script::new(COMPLETE_LUA),
             release: Script::new(RELEASE_LUA),
-            purge: Script::new(PURGE_LUA),
+            purge: Script::new(&format!("{DEADLINE_LUA}{PURGE_LUA}")),
             secret: Script::new(SECRET_LUA),
         }
     }
@@ -248,6 +269,9 @@ pub struct RedisStore {
     per_thread: Option<(redis::Client, ConnectionManagerConfig)>,
     /// Tells this store's connections apart in a thread's cache.
     id: u64,
+    /// Redis 7.0 or later: a claim is `SET … NX GET` (no script) unless the record it finds has
+    /// expired.
+    set_nx_get: std::sync::atomic::AtomicBool,
     scripts: Scripts,
     opts: RedisOptions,
     round_trips: AtomicU64,
@@ -583,89 +607,54 @@ fn int(v: &Value) -> Option<i64> {
     }
 }
 
-fn parse_u64(b: &[u8], what: &'static str) -> Result<u64, StoreError> {
-    std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(corrupt(what))
+/// A record as stored: the bytes of `Record::encode`.
+fn parse_record_bytes(b: &[u8]) -> Result<Record, StoreError> {
+    Ok(Record::decode(Bytes::copy_from_slice(b))?)
 }
 
-fn parse_fp(b: &[u8]) -> Result<Fingerprint, StoreError> {
-    <[u8; 32]>::try_from(b)
-        .map(Fingerprint)
-        .map_err(|_| corrupt("fingerprint is not 32 bytes"))
-}
-
-fn parse_response(b: &[u8]) -> Result<StoredResponse, StoreError> {
-    StoredResponse::from_bytes(Bytes::copy_from_slice(b)).map_err(|e| corrupt(e.0))
-}
-
-fn corrupt_reason(v: Option<&Value>) -> &'static str {
-    match v.and_then(bulk) {
-        Some(b"deadline") => "deadline is not a number",
-        Some(b"response") => "completed record without a response",
-        Some(b"state") => "unknown record state",
-        _ => "corrupt record",
-    }
-}
-
-fn parse_claim(v: Value, token: FencingToken) -> Result<Claim, StoreError> {
+/// The claim script's answer (see [`CLAIM_LUA`]).
+fn parse_claim(v: Value, token: FencingToken, req: &ClaimRequest) -> Result<Claim, StoreError> {
     let Value::Array(items) = &v else {
         return Err(unexpected(&v));
     };
     match items.first().and_then(bulk) {
         Some(b"acquired") => {
-            let takeover = items.get(2).and_then(int).ok_or_else(|| unexpected(&v))? != 0;
+            let takeover = items.get(1).and_then(int).ok_or_else(|| unexpected(&v))? != 0;
             Ok(Claim::Acquired { token, takeover })
         }
-        Some(b"f") => {
-            let fp = items.get(1).and_then(bulk).ok_or_else(|| unexpected(&v))?;
-            let d = items.get(2).and_then(bulk).ok_or_else(|| unexpected(&v))?;
-            Ok(Claim::InFlight {
-                fingerprint: parse_fp(fp)?,
-                lease_until_ms: parse_u64(d, "deadline is not a number")?,
-            })
+        Some(b"existing") => {
+            let record = parse_record_bytes(items.get(1).and_then(bulk).ok_or_else(|| unexpected(&v))?)?;
+            live_claim(&record, req).ok_or_else(|| unexpected(&v))
         }
-        Some(b"c") => {
-            let fp = items.get(1).and_then(bulk).ok_or_else(|| unexpected(&v))?;
-            let r = items.get(2).and_then(bulk).ok_or_else(|| unexpected(&v))?;
-            Ok(Claim::Completed {
-                fingerprint: parse_fp(fp)?,
-                response: parse_response(r)?,
-            })
-        }
-        Some(b"corrupt") => Err(corrupt(corrupt_reason(items.get(1)))),
+        Some(b"corrupt") => Err(corrupt("the stored record does not decode")),
         _ => Err(unexpected(&v)),
     }
 }
 
-/// `HMGET key s fp t d r` → the record.
-fn parse_record(v: Value) -> Result<Option<Record>, StoreError> {
-    let Value::Array(items) = &v else {
-        return Err(unexpected(&v));
-    };
-    let field = |i: usize| items.get(i).and_then(bulk);
-    let Some(state) = field(0) else {
-        return Ok(None);
-    };
-    let fingerprint = parse_fp(field(1).ok_or(corrupt("missing fingerprint"))?)?;
-    let deadline = parse_u64(field(3).ok_or(corrupt("missing deadline"))?, "deadline is not a number")?;
-    match state {
-        b"f" => Ok(Some(Record::InFlight {
-            fingerprint,
-            token: FencingToken(parse_u64(
-                field(2).ok_or(corrupt("missing token"))?,
-                "token is not a number",
-            )?),
-            lease_until_ms: deadline,
-        })),
-        b"c" => Ok(Some(Record::Completed {
-            fingerprint,
-            expires_at_ms: deadline,
-            response: parse_response(field(4).ok_or(corrupt("completed record without a response"))?)?,
-        })),
-        _ => Err(corrupt("unknown record state")),
+/// What a claim answers for `record` when it is live at the caller's clock (`None`: it expired).
+fn live_claim(record: &Record, req: &ClaimRequest) -> Option<Claim> {
+    if record.is_expired(req.now_ms) {
+        return None;
     }
+    Some(idemgate_core::record::decide_claim(Some(record), req).0)
+}
+
+/// The major version in an `INFO server` reply (the lowest, if several nodes answered).
+fn redis_major(v: &Value) -> Option<u32> {
+    let texts: Vec<&[u8]> = match v {
+        Value::Map(by_node) => by_node.iter().filter_map(|(_, v)| bulk(v)).collect(),
+        Value::VerbatimString { text, .. } => vec![text.as_bytes()],
+        Value::Array(items) => items.iter().filter_map(bulk).collect(),
+        other => bulk(other).into_iter().collect(),
+    };
+    texts
+        .into_iter()
+        .filter_map(|t| {
+            let t = std::str::from_utf8(t).ok()?;
+            let line = t.lines().find_map(|l| l.strip_prefix("redis_version:"))?;
+            line.split('.').next()?.trim().parse().ok()
+        })
+        .min()
 }
 
 /// The value of `CONFIG GET maxmemory-policy` (RESP2 array or RESP3 map).
@@ -756,6 +745,7 @@ impl RedisStore {
             conn,
             per_thread,
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            set_nx_get: std::sync::atomic::AtomicBool::new(false),
             scripts: Scripts::new(),
             opts,
             round_trips: AtomicU64::new(0),
@@ -769,6 +759,7 @@ impl RedisStore {
             open_step(&shown, timeout, script.prepare_invoke().load_async(&mut c)).await?;
         }
         store.check_eviction_policy().await;
+        store.check_version().await;
         tracing::info!(url = %store.url, cluster = target.cluster, tls = target.tls, "connected to Redis");
         Ok(store)
     }
@@ -776,6 +767,28 @@ impl RedisStore {
     /// Whether the store speaks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Reads the server's version: from 7.0 on a claim is `SET … NX GET`; before it, the claim
+    /// script does all of it (one round trip either way). Unknown: the script.
+    async fn check_version(&self) {
+        let mut c = self.counted().await;
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        // Every primary of a cluster answers; the oldest decides.
+        let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let major = match self.bounded(c.route(cmd, all)).await {
+            Ok(v) => redis_major(&v),
+            Err(e) => {
+                tracing::debug!(error = %e, "INFO server failed; claims use the script");
+                None
+            }
+        };
+        self.set_nx_get
+            .store(self.opts.set_nx_get && major.is_some_and(|m| m >= 7), Ordering::Relaxed);
+        if major.is_some_and(|m| m < 7) {
+            tracing::info!(url = %self.url, "Redis before 7.0: claims run the claim script (SET NX GET needs 7.0)");
+        }
     }
 
     async fn check_eviction_policy(&self) {
@@ -895,18 +908,36 @@ impl RedisStore {
 
     async fn claim_inner(&self, req: ClaimRequest) -> Result<Claim, StoreError> {
         let token = FencingToken::random();
-        let lease_until = req.now_ms.saturating_add(req.lease_ms);
+        let fresh = Record::InFlight {
+            fingerprint: req.fingerprint,
+            token,
+            lease_until_ms: req.now_ms.saturating_add(req.lease_ms),
+        }
+        .encode();
         let ttl = req.lease_ms.saturating_add(self.slack_ms()).clamp(1, i64::MAX as u64);
-        let mut inv = self.scripts.claim.prepare_invoke();
-        inv.key(record_key(&req.id))
-            .arg(req.now_ms)
-            .arg(&req.fingerprint.0[..])
-            .arg(token.0)
-            .arg(lease_until)
-            .arg(ttl);
+        let key = record_key(&req.id);
         let mut c = self.counted().await;
+        if self.set_nx_get.load(Ordering::Relaxed) {
+            // One command, no script: writes the new record only if there is none, and returns
+            // the one there is. Only a record the caller's clock says has expired needs the
+            // script (a takeover, decided again atomically).
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(&fresh[..]).arg("NX").arg("GET").arg("PX").arg(ttl);
+            let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
+            match &v {
+                Value::Nil => return Ok(Claim::Acquired { token, takeover: false }),
+                other => {
+                    let existing = parse_record_bytes(bulk(other).ok_or_else(|| unexpected(other))?)?;
+                    if let Some(claim) = live_claim(&existing, &req) {
+                        return Ok(claim);
+                    }
+                }
+            }
+        }
+        let mut inv = self.scripts.claim.prepare_invoke();
+        inv.key(&key).arg(req.now_ms).arg(&fresh[..]).arg(ttl);
         let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
-        parse_claim(v, token)
+        parse_claim(v, token, &req)
     }
 
     async fn complete_inner(
@@ -921,8 +952,8 @@ impl RedisStore {
             .clamp(1, i64::MAX as u64);
         let mut inv = self.scripts.complete.prepare_invoke();
         inv.key(record_key(&id))
-            .arg(token.0)
-            .arg(expires_at_ms)
+            .arg(&token.0.to_le_bytes()[..])
+            .arg(&expires_at_ms.to_le_bytes()[..])
             .arg(&response.as_bytes()[..])
             .arg(ttl);
         let mut c = self.counted().await;
@@ -936,18 +967,21 @@ impl RedisStore {
 
     async fn release_inner(&self, id: RecordId, token: FencingToken) -> Result<bool, StoreError> {
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(record_key(&id)).arg(token.0);
+        inv.key(record_key(&id)).arg(&token.0.to_le_bytes()[..]);
         let mut c = self.counted().await;
         let v: Value = self.bounded(inv.invoke_async(&mut c)).await?;
         int(&v).map(|n| n == 1).ok_or_else(|| unexpected(&v))
     }
 
     async fn get_inner(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(record_key(&id)).arg(&["s", "fp", "t", "d", "r"][..]);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(record_key(&id));
         let mut c = self.counted().await;
         let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
-        parse_record(v)
+        match &v {
+            Value::Nil => Ok(None),
+            other => parse_record_bytes(bulk(other).ok_or_else(|| unexpected(other))?).map(Some),
+        }
     }
 
     async fn delete_inner(&self, id: RecordId) -> Result<bool, StoreError> {
@@ -1145,7 +1179,23 @@ mod tests {
     #[test]
     fn keys_use_an_explicit_hash_tag() {
         let k = record_key(&RecordId([0xab; 32]));
-        assert_eq!(k, format!("idemgate:{{{}}}", "ab".repeat(32)));
+        assert_eq!(k, format!("idemgate2:{{{}}}", "ab".repeat(32)));
+    }
+
+    #[test]
+    fn the_server_version_is_read_from_info() {
+        let info = |v: &str| {
+            Value::BulkString(format!("# Server\r\nredis_version:{v}\r\nredis_mode:standalone\r\n").into_bytes())
+        };
+        assert_eq!(redis_major(&info("7.0.15")), Some(7));
+        assert_eq!(redis_major(&info("6.2.14")), Some(6));
+        let nodes = Value::Map(vec![
+            (Value::BulkString(b"a:1".to_vec()), info("7.2.4")),
+            (Value::BulkString(b"b:2".to_vec()), info("6.0.0")),
+        ]);
+        assert_eq!(redis_major(&nodes), Some(6), "the oldest node decides");
+        assert_eq!(redis_major(&Value::Nil), None);
+        assert_eq!(redis_major(&Value::BulkString(b"garbage".to_vec())), None);
     }
 
     #[test]
@@ -1232,40 +1282,50 @@ mod tests {
     #[test]
     fn replies_are_parsed_without_panics() {
         let t = FencingToken(u64::MAX);
-        let acquired = Value::Array(vec![
-            Value::BulkString(b"acquired".to_vec()),
-            Value::BulkString(u64::MAX.to_string().into_bytes()),
-            Value::Int(1),
-        ]);
+        let req = ClaimRequest {
+            id: RecordId([1; 32]),
+            fingerprint: idemgate_core::Fingerprint([2; 32]),
+            now_ms: 1_000,
+            lease_ms: 10,
+        };
+        let acquired = Value::Array(vec![Value::BulkString(b"acquired".to_vec()), Value::Int(1)]);
         assert_eq!(
-            parse_claim(acquired, t).ok(),
+            parse_claim(acquired, t, &req).ok(),
             Some(Claim::Acquired {
                 token: t,
                 takeover: true
             })
         );
-        let short_fp = Value::Array(vec![
-            Value::BulkString(b"f".to_vec()),
-            Value::BulkString(vec![1; 31]),
-            Value::BulkString(b"5".to_vec()),
+        let live = Record::InFlight {
+            fingerprint: idemgate_core::Fingerprint([5; 32]),
+            token: FencingToken(7),
+            lease_until_ms: 2_000,
+        };
+        let existing = Value::Array(vec![
+            Value::BulkString(b"existing".to_vec()),
+            Value::BulkString(live.encode().to_vec()),
         ]);
-        assert!(matches!(parse_claim(short_fp, t), Err(StoreError::Corrupt(_))));
+        assert_eq!(
+            parse_claim(existing, t, &req).ok(),
+            Some(Claim::InFlight {
+                fingerprint: idemgate_core::Fingerprint([5; 32]),
+                lease_until_ms: 2_000
+            })
+        );
+        let cut = Value::Array(vec![
+            Value::BulkString(b"existing".to_vec()),
+            Value::BulkString(live.encode()[..20].to_vec()),
+        ]);
+        assert!(matches!(parse_claim(cut, t, &req), Err(StoreError::Corrupt(_))));
         for v in [
             Value::Nil,
             Value::Int(3),
             Value::Array(vec![]),
             Value::Array(vec![Value::Nil]),
+            Value::Array(vec![Value::BulkString(b"existing".to_vec())]),
         ] {
-            assert!(parse_claim(v.clone(), t).is_err());
-            let _ = parse_record(v);
+            assert!(parse_claim(v.clone(), t, &req).is_err());
         }
-        let bad = Value::Array(vec![
-            Value::BulkString(b"c".to_vec()),
-            Value::BulkString(vec![1; 32]),
-            Value::Nil,
-            Value::BulkString(b"9".to_vec()),
-            Value::BulkString(vec![0xff]),
-        ]);
-        assert!(matches!(parse_record(bad), Err(StoreError::Corrupt(_))));
+        assert!(matches!(parse_record_bytes(&[0xff]), Err(StoreError::Corrupt(_))));
     }
 }

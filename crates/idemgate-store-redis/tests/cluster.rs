@@ -75,7 +75,7 @@ async fn keys_per_node(cluster: &RedisCluster) -> BTreeMap<usize, usize> {
         let client = redis::Client::open(cluster.node_url(n)).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("idemgate:{*")
+            .arg(format!("{}{{*", idemgate_store_redis::KEY_PREFIX))
             .query_async(&mut con)
             .await
             .unwrap();
@@ -107,7 +107,7 @@ async fn records_spread_over_the_primaries_and_claims_stay_atomic() {
     );
     // Every key of a record hashes to one slot: the braces are a hash tag.
     let key = record_key(&spread[0]);
-    assert!(key.starts_with("idemgate:{") && key.ends_with('}'));
+    assert!(key.starts_with(&format!("{}{{", idemgate_store_redis::KEY_PREFIX)) && key.ends_with('}'));
 
     // 64 concurrent claims of one key from two gateways: exactly one wins, on every round.
     for round in 0..4u8 {

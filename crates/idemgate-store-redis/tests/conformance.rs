@@ -26,6 +26,24 @@ async fn fresh() -> Arc<WithServer<RedisServer>> {
 
 idemgate_store_conformance::conformance_tests!(fresh());
 
+/// The same suite with every claim made by the claim script (what a Redis before 7.0 gets, and
+/// what a claim that finds an expired record runs).
+mod claim_script_only {
+    use super::*;
+
+    async fn fresh() -> Arc<WithServer<RedisServer>> {
+        let server = RedisServer::start();
+        let opts = RedisOptions {
+            set_nx_get: false,
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::connect_with(&server.url(), opts).await.expect("connect");
+        Arc::new(WithServer { store, guard: server })
+    }
+
+    idemgate_store_conformance::conformance_tests!(fresh());
+}
+
 fn req(id: RecordId, now_ms: u64, lease_ms: u64) -> ClaimRequest {
     ClaimRequest {
         id,
@@ -60,14 +78,14 @@ async fn a_first_request_costs_two_round_trips_and_a_replay_one() {
 }
 
 #[tokio::test]
-async fn records_are_one_hash_under_a_hash_tagged_key_with_redis_ttls() {
+async fn records_are_one_string_under_a_hash_tagged_key_with_redis_ttls() {
     let server = RedisServer::start();
     let s = RedisStore::connect(&server.url()).await.unwrap();
     let probe = RedisStore::connect(&server.url()).await.unwrap();
     let now = time::now_ms();
     let id = RecordId([0xab; 32]);
     let key = record_key(&id);
-    assert_eq!(key, format!("idemgate:{{{}}}", "ab".repeat(32)));
+    assert_eq!(key, format!("idemgate2:{{{}}}", "ab".repeat(32)));
     let Claim::Acquired { token, .. } = s.claim(req(id, now, 5_000)).await.unwrap() else {
         panic!()
     };
@@ -87,9 +105,24 @@ async fn records_are_one_hash_under_a_hash_tagged_key_with_redis_ttls() {
     s.complete(id, token, resp(b"x"), time::now_ms() + 30_000)
         .await
         .unwrap();
-    let ttl = pttl(client).await;
+    let ttl = pttl(client.clone()).await;
     assert!(ttl > 25_000 && ttl <= 30_000, "completed pttl {ttl}");
-    assert!(matches!(probe.get(id).await.unwrap(), Some(Record::Completed { .. })));
+    // The value is the record exactly as the other stores encode it (the completion was
+    // assembled by the script from the in-flight record's fingerprint).
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let raw: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut con).await.unwrap();
+    let stored = probe.get(id).await.unwrap().expect("completed");
+    assert_eq!(raw, stored.encode().to_vec());
+    match stored {
+        Record::Completed {
+            fingerprint, response, ..
+        } => {
+            assert_eq!(fingerprint, Fingerprint([3; 32]));
+            assert_eq!(&response.body()[..], b"x");
+            assert_eq!(response.status(), http::StatusCode::CREATED);
+        }
+        other => panic!("{other:?}"),
+    }
     // A replay does not extend anything; a deleted record is gone for every gateway.
     assert!(probe.delete(id).await.unwrap());
     assert!(s.get(id).await.unwrap().is_none());
@@ -149,10 +182,14 @@ async fn tokens_beyond_two_to_the_53_are_compared_exactly() {
     let client = redis::Client::open(server.url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let big: u64 = (1 << 53) + 1;
-    let _: () = redis::cmd("HSET")
+    let rewritten = Record::InFlight {
+        fingerprint: Fingerprint([3; 32]),
+        token: FencingToken(big),
+        lease_until_ms: time::now_ms() + 10_000,
+    };
+    let _: () = redis::cmd("SET")
         .arg(record_key(&id))
-        .arg("t")
-        .arg(big)
+        .arg(&rewritten.encode()[..])
         .query_async(&mut con)
         .await
         .unwrap();
@@ -182,29 +219,45 @@ async fn a_different_scope_secret_is_refused() {
 #[tokio::test]
 async fn corrupt_records_are_reported_not_panicked_on() {
     let server = RedisServer::start();
-    let s = RedisStore::connect(&server.url()).await.unwrap();
     let client = redis::Client::open(server.url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let now = time::now_ms();
-    let cases: [(&[&str], u8); 3] = [
-        (&["s", "c", "fp", "short", "d", "99999999999999"], 10),
-        (&["s", "f", "fp", "x", "d", "soon"], 11),
-        (&["s", "z", "d", "99999999999999"], 12),
+    // Not a record; a completed record cut short; an unknown kind; an unknown format.
+    let cases: [(Vec<u8>, u8); 4] = [
+        (b"short".to_vec(), 10),
+        (vec![1, 2, 9, 9, 9], 11),
+        ([&[1u8, 7][..], &[0; 48]].concat(), 12),
+        (vec![9; 60], 13),
     ];
-    for (fields, n) in cases {
-        let id = RecordId([n; 32]);
-        let _: () = redis::cmd("HSET")
-            .arg(record_key(&id))
-            .arg(fields)
-            .query_async(&mut con)
+    for script_only in [false, true] {
+        let s = if script_only {
+            RedisStore::connect_with(
+                &server.url(),
+                RedisOptions {
+                    set_nx_get: false,
+                    ..RedisOptions::default()
+                },
+            )
             .await
-            .unwrap();
-        assert!(matches!(
-            s.claim(req(id, now, 1_000)).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(s.get(id).await, Err(StoreError::Corrupt(_))));
-        assert!(s.delete(id).await.unwrap(), "an operator can still delete it");
+            .unwrap()
+        } else {
+            RedisStore::connect(&server.url()).await.unwrap()
+        };
+        for (value, n) in cases.clone() {
+            let id = RecordId([n; 32]);
+            let _: () = redis::cmd("SET")
+                .arg(record_key(&id))
+                .arg(value)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            assert!(matches!(
+                s.claim(req(id, now, 1_000)).await,
+                Err(StoreError::Corrupt(_))
+            ));
+            assert!(matches!(s.get(id).await, Err(StoreError::Corrupt(_))));
+            assert!(s.delete(id).await.unwrap(), "an operator can still delete it");
+        }
     }
 }
 
