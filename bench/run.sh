@@ -44,9 +44,11 @@
 #   TIME_LIMIT=1800  seconds; no new wrk run starts after this (the report covers what ran)
 #   BASE_PORT=19000  port base (see above)
 #   GW_LOG=          IDEMGATE_LOG for the gateways (empty: the gateway's default, info per request)
-#   CO=1             coordinated-omission-corrected pass with wrk2 -R (80 % of the target's median
-#                    req/s; CO_PCT=80) when a `wrk2` binary is available (Debian has none: then the
-#                    latencies are closed-loop and reported as uncorrected)
+#   CO=1             coordinated-omission-corrected pass: open loop at a fixed rate (CO_PCT=80 % of
+#                    the target's median req/s), one run per target and workload of CO_WORKLOADS
+#                    (default "new replay"), with wrk2 -R when a `wrk2` binary exists, else with
+#                    idemgate-load (crates/idemgate-bench, built here; wrk2's flags, idem.lua's
+#                    requests, latency counted from each request's due time)
 #   OUT=bench/results/run-YYYYmmdd-HHMMSS   raw output (runs.jsonl, wrk output, logs)
 #   CACHE=bench/results/.cache              node_modules, matplotlib venv
 #   NO_BUILD=1       skip the cargo builds (binaries must exist)
@@ -164,9 +166,12 @@ if has_target postgres; then
   if [[ -z "$PG_BIN" ]]; then apt_install postgresql; PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"; fi
 fi
 WRK2=""
+CO_WORKLOADS="${CO_WORKLOADS:-new replay}"
 if [[ "$CO" == 1 ]]; then
   WRK2="$(command -v wrk2 || true)"
   if [[ -z "$WRK2" ]] && apt-cache show wrk2 >/dev/null 2>&1; then apt_install wrk2; WRK2="$(command -v wrk2 || true)"; fi
+  # Debian has no wrk2: the workspace's own open-loop generator (built below).
+  [[ -n "$WRK2" ]] || WRK2="$ROOT/target/release/idemgate-load"
 fi
 if [[ "$PEERS" == 1 ]] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then
   log "node/npm missing: the express peer is skipped"; TARGETS="${TARGETS/ express / }"
@@ -182,6 +187,7 @@ AXUM_IDEMGATE_BIN="$HERE/peers/axum-idemgate/target/release/axum-idemgate-peer"
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
   log "building release binaries"
   (cd "$ROOT" && cargo build --release -q -p idemgate)
+  if [[ "$CO" == 1 ]]; then (cd "$ROOT" && cargo build --release -q -p idemgate-bench --bin idemgate-load); fi
   (cd "$HERE/upstream" && cargo build --release -q)
   if has_target axum_idempotent; then (cd "$HERE/peers/axum-idempotent" && cargo build --release -q); fi
   if has_target axum_idemgate; then (cd "$HERE/peers/axum-idemgate" && cargo build --release -q); fi
@@ -401,9 +407,10 @@ done
 [[ $stopped == 1 ]] && log "TIME_LIMIT=${TIME_LIMIT}s reached: later runs were skipped"
 
 # coordinated-omission-corrected pass: open-loop wrk2 at CO_PCT % of each target's median req/s
-if [[ -n "$WRK2" && $stopped == 0 ]]; then
-  log "corrected-latency pass with $WRK2 at $CO_PCT % of each target's median req/s"
+if [[ -n "$WRK2" && -x "$WRK2" && $stopped == 0 ]]; then
+  log "corrected-latency pass with $(basename "$WRK2") at $CO_PCT % of each target's median req/s"
   for w in $WORKLOADS; do
+    [[ " $CO_WORKLOADS " == *" $w "* ]] || continue
     for t in "${TLIST[@]}"; do
       time_left || break 2
       rate=$(python3 -c '
@@ -427,7 +434,7 @@ fi
   has_target postgres && echo "postgresql: $("$PG_BIN/postgres" --version | awk '{print $3}')"
   has_target express && echo "node: $(node --version); express-idempotency: $(node -p 'require(process.argv[1]).version' "$CACHE/express/node_modules/express-idempotency/package.json" 2>/dev/null)"
   echo "rustc: $(rustc --version | awk '{print $2}')"
-  echo "latency: $([[ -n "$WRK2" ]] && echo "closed-loop wrk, plus an open-loop wrk2 pass (corrected for coordinated omission) at $CO_PCT % of median req/s" || echo "closed-loop wrk, NOT corrected for coordinated omission (no wrk2 available)")"
+  echo "latency: $([[ -n "$WRK2" && -x "$WRK2" ]] && echo "closed-loop wrk, plus an open-loop pass with $(basename "$WRK2") (corrected for coordinated omission) at $CO_PCT % of median req/s on: $CO_WORKLOADS" || echo "closed-loop wrk, NOT corrected for coordinated omission (no open-loop tool)")"
 } > "$OUT/machine.txt"
 cat > "$OUT/command.txt" <<EOF
 QUICK=$QUICK DURATION=$DURATION ROUNDS=$ROUNDS THREADS=$THREADS CONNS=$CONNS TIMEOUT=$TIMEOUT WARMUP=$WARMUP RESTART=$RESTART \\
