@@ -44,8 +44,9 @@
 #   TIME_LIMIT=1800  seconds; no new wrk run starts after this (the report covers what ran)
 #   BASE_PORT=19000  port base (see above)
 #   GW_LOG=          IDEMGATE_LOG for the gateways (empty: the gateway's default, info per request)
-#   CO=1             coordinated-omission-corrected pass: open loop at a fixed rate (CO_PCT=80 % of
-#                    the target's median req/s), one run per target and workload of CO_WORKLOADS
+#   CO=1             coordinated-omission-corrected pass: open loop at a fixed rate (CO_PCT=50 % of
+#                    the target's median req/s, or CO_RATE req/s for every target: the same offered
+#                    load), one run per target and workload of CO_WORKLOADS
 #                    (default "new replay"), with wrk2 -R when a `wrk2` binary exists, else with
 #                    idemgate-load (crates/idemgate-bench, built here; wrk2's flags, idem.lua's
 #                    requests, latency counted from each request's due time)
@@ -76,7 +77,7 @@ DURATION="${DURATION:-5s}" ROUNDS="${ROUNDS:-3}" WARMUP="${WARMUP:-1s}" TIME_LIM
 THREADS="${THREADS:-1}" CONNS="${CONNS:-32}" TIMEOUT="${TIMEOUT:-5s}"
 WORKLOADS="${WORKLOADS:-new replay mix bypass body4k body256k}"
 TARGETS="${TARGETS:-direct nginx memory embedded redis postgres express axum_idempotent axum_idemgate}"
-PEERS="${PEERS:-1}" RESTART="${RESTART:-1}" BASE_PORT="${BASE_PORT:-19000}" CO="${CO:-1}" CO_PCT="${CO_PCT:-80}"
+PEERS="${PEERS:-1}" RESTART="${RESTART:-1}" BASE_PORT="${BASE_PORT:-19000}" CO="${CO:-1}" CO_PCT="${CO_PCT:-50}"
 OUT="${OUT:-$HERE/results/run-$(date +%Y%m%d-%H%M%S)}"
 CACHE="${CACHE:-$HERE/results/.cache}"
 export IDEMGATE_SCOPE_SECRET="${IDEMGATE_SCOPE_SECRET:-bench-scope-secret-0123456789abcdef}"
@@ -417,6 +418,7 @@ if [[ -n "$WRK2" && -x "$WRK2" && $stopped == 0 ]]; then
 import json, statistics, sys
 rs = [d["rps"] for d in map(json.loads, open(sys.argv[1])) if d["target"] == sys.argv[2] and d["workload"] == sys.argv[3] and not d["corrected"]]
 print(int(statistics.median(rs) * float(sys.argv[4]) / 100) if rs else "")' "$RUNS" "$t" "$w" "$CO_PCT")
+      [[ -n "${CO_RATE:-}" ]] && rate=$CO_RATE
       [[ -n "$rate" && "$rate" -gt 0 ]] && measure "$t" "$w" 1 "$WRK2" "$rate"
     done
   done
@@ -434,7 +436,7 @@ fi
   has_target postgres && echo "postgresql: $("$PG_BIN/postgres" --version | awk '{print $3}')"
   has_target express && echo "node: $(node --version); express-idempotency: $(node -p 'require(process.argv[1]).version' "$CACHE/express/node_modules/express-idempotency/package.json" 2>/dev/null)"
   echo "rustc: $(rustc --version | awk '{print $2}')"
-  echo "latency: $([[ -n "$WRK2" && -x "$WRK2" ]] && echo "closed-loop wrk, plus an open-loop pass with $(basename "$WRK2") (corrected for coordinated omission) at $CO_PCT % of median req/s on: $CO_WORKLOADS" || echo "closed-loop wrk, NOT corrected for coordinated omission (no open-loop tool)")"
+  echo "latency: $([[ -n "$WRK2" && -x "$WRK2" ]] && echo "closed-loop wrk, plus an open-loop pass with $(basename "$WRK2") (corrected for coordinated omission) at $([[ -n "${CO_RATE:-}" ]] && echo "$CO_RATE req/s for every target" || echo "$CO_PCT % of each target's median req/s") on: $CO_WORKLOADS" || echo "closed-loop wrk, NOT corrected for coordinated omission (no open-loop tool)")"
 } > "$OUT/machine.txt"
 cat > "$OUT/command.txt" <<EOF
 QUICK=$QUICK DURATION=$DURATION ROUNDS=$ROUNDS THREADS=$THREADS CONNS=$CONNS TIMEOUT=$TIMEOUT WARMUP=$WARMUP RESTART=$RESTART \\
