@@ -407,9 +407,10 @@ for w in $WORKLOADS; do
 done
 [[ $stopped == 1 ]] && log "TIME_LIMIT=${TIME_LIMIT}s reached: later runs were skipped"
 
-# coordinated-omission-corrected pass: open-loop wrk2 at CO_PCT % of each target's median req/s
+# coordinated-omission-corrected pass: open loop (wrk2, else idemgate-load) at CO_PCT % of each
+# target's median req/s, or at CO_RATE req/s for every target
 if [[ -n "$WRK2" && -x "$WRK2" && $stopped == 0 ]]; then
-  log "corrected-latency pass with $(basename "$WRK2") at $CO_PCT % of each target's median req/s"
+  log "corrected-latency pass with $(basename "$WRK2") at $([[ -n "${CO_RATE:-}" ]] && echo "$CO_RATE req/s" || echo "$CO_PCT % of each target's median req/s")"
   for w in $WORKLOADS; do
     [[ " $CO_WORKLOADS " == *" $w "* ]] || continue
     for t in "${TLIST[@]}"; do

@@ -391,6 +391,25 @@ async fn clients(url: &str) -> usize {
     list.lines().count() - 1
 }
 
+/// Runs `f` on a thread of its own as a gateway serving thread runs: a current-thread runtime with
+/// a reply queue installed (what makes the store open that thread's own connection).
+fn serving_thread<F, Fut>(f: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let _replies = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
+            f().await;
+        });
+    })
+}
+
 #[test]
 fn each_serving_thread_gets_a_connection_of_its_own_that_survives_an_outage() {
     let mut server = RedisServer::start();
@@ -402,15 +421,11 @@ fn each_serving_thread_gets_a_connection_of_its_own_that_survives_an_outage() {
     };
     let store = Arc::new(main.block_on(RedisStore::connect_with(&url, opts)).unwrap());
     assert_eq!(main.block_on(clients(&url)), 1, "the shared connection");
-    // Like the gateway's serving threads: a current-thread runtime each, with a reply queue.
-    let serve = |store: Arc<RedisStore>, first: u8| {
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let _replies = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
+    let writers: Vec<_> = [0u8, 100]
+        .into_iter()
+        .map(|first| {
+            let store = store.clone();
+            serving_thread(move || async move {
                 for n in first..first + 20 {
                     let id = RecordId([n; 32]);
                     let Claim::Acquired { token, .. } = store.claim(req(id, time::now_ms(), 10_000)).await.unwrap()
@@ -422,10 +437,10 @@ fn each_serving_thread_gets_a_connection_of_its_own_that_survives_an_outage() {
                         .await
                         .unwrap();
                 }
-            });
+            })
         })
-    };
-    for h in [serve(store.clone(), 0), serve(store.clone(), 100)] {
+        .collect();
+    for h in writers {
         h.join().unwrap();
     }
     // Every record written through the serving threads' connections is there.
@@ -444,43 +459,38 @@ fn each_serving_thread_gets_a_connection_of_its_own_that_survives_an_outage() {
     // A live serving thread's own connection: counted by Redis, and it survives an outage
     // (Redis stops, the thread is told it is down, then reconnects by itself once it is back).
     let (step_tx, step_rx) = std::sync::mpsc::channel::<&'static str>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let s = store.clone();
-    let worker = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let worker = serving_thread(move || async move {
+        let claim = |n: u8| s.claim(req(RecordId([n; 32]), time::now_ms(), 10_000));
+        assert!(matches!(claim(200).await, Ok(Claim::Acquired { .. })));
+        step_tx.send("opened").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), go_rx.recv())
+            .await
+            .unwrap()
             .unwrap();
-        rt.block_on(async move {
-            let _replies = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
-            let claim = |n: u8| s.claim(req(RecordId([n; 32]), time::now_ms(), 10_000));
-            assert!(matches!(claim(200).await, Ok(Claim::Acquired { .. })));
-            step_tx.send("opened").unwrap();
-            let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
-            let wait = || {
-                let go_rx = go_rx.clone();
-                tokio::task::spawn_blocking(move || go_rx.lock().unwrap().recv_timeout(Duration::from_secs(10)))
-            };
-            wait().await.unwrap().unwrap();
-            match claim(201).await {
-                Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
-                other => panic!("expected the outage to be reported, got {other:?}"),
-            }
-            step_tx.send("down").unwrap();
-            wait().await.unwrap().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                match claim(202).await {
-                    Ok(Claim::Acquired { .. }) => break,
-                    Ok(other) => panic!("{other:?}"),
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "did not recover within 15 s: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+        match claim(201).await {
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
+            other => panic!("expected the outage to be reported, got {other:?}"),
+        }
+        step_tx.send("down").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), go_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // Reconnecting has no signal of its own: retry, bounded, as a client would.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match claim(202).await {
+                Ok(Claim::Acquired { .. }) => break,
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "did not recover within 15 s: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            step_tx.send("recovered").unwrap();
-        });
+        }
+        step_tx.send("recovered").unwrap();
     });
     let step = || step_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(step(), "opened");

@@ -45,12 +45,12 @@ pub enum StoreSpecError {
 }
 
 /// Whether the store named by `spec` can serve each serving thread on that thread: the in-process
-/// stores, and a single Redis (each serving thread opens a connection of its own). A Redis
+/// stores, and a single Redis or Valkey (each serving thread opens a connection of its own). A Redis
 /// Cluster and PostgreSQL keep their connections on the shared runtime (see main.rs).
 pub fn serves_on_threads(spec: &str) -> bool {
     match spec.split_once("://") {
         None => true,
-        Some((scheme, _)) => matches!(scheme, "redis" | "rediss"),
+        Some((scheme, _)) => matches!(scheme, "redis" | "rediss" | "valkey" | "valkeys"),
     }
 }
 
@@ -154,6 +154,23 @@ mod tests {
         assert_eq!(redact("redis://:pw@cache:6379/0"), "redis://:***@cache:6379/0");
         assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
         assert_eq!(redact("./idemgate-data"), "./idemgate-data");
+    }
+
+    #[test]
+    fn which_stores_serve_each_thread_on_that_thread() {
+        for spec in [
+            "memory",
+            "memory?capacity=5",
+            "./data",
+            "redis://h:1",
+            "rediss://h:1",
+            "valkey://h:1",
+        ] {
+            assert!(serves_on_threads(spec), "{spec}");
+        }
+        for spec in ["redis+cluster://h:1,h:2", "valkey+cluster://h:1", "postgres://u@h/db"] {
+            assert!(!serves_on_threads(spec), "{spec}");
+        }
     }
 
     #[tokio::test]

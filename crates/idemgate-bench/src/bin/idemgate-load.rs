@@ -376,7 +376,7 @@ fn main() -> anyhow::Result<()> {
     let plan = plan(&args, env)?;
     let mode = env("IDEM_MODE").unwrap_or_else(|| "unique".into());
     let body_len = plan.body.len();
-    let connections = plan.connections.min(args.threads.max(1) * plan.connections);
+    let connections = plan.connections;
     let (t, secs) = run(plan, args.threads.min(args.connections))?;
     let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
     let mut out = std::io::stdout().lock();
