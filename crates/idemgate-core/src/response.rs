@@ -131,8 +131,14 @@ impl StoredResponse {
 
     /// The headers, values sharing the stored buffer.
     pub fn headers(&self) -> Result<HeaderMap, CorruptResponse> {
+        self.headers_with_room(0)
+    }
+
+    /// [`Self::headers`] in a map with room for `extra` more (a replay adds one: inserting
+    /// past the capacity would grow the map, reallocating it, on every replay).
+    pub fn headers_with_room(&self, extra: usize) -> Result<HeaderMap, CorruptResponse> {
         let count = u16::from_le_bytes([self.data[2], self.data[3]]) as usize;
-        let mut map = HeaderMap::with_capacity(count);
+        let mut map = HeaderMap::with_capacity(count + extra);
         let mut at = 4;
         for _ in 0..count {
             let n = u16::from_le_bytes(get2(&self.data, at)?) as usize;
