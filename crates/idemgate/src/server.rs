@@ -10,9 +10,12 @@
 //! thread). [`serve`] is one listener on the caller's runtime (Redis and PostgreSQL with one
 //! serving thread: their clients run there).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -29,53 +32,92 @@ use crate::proxy::Proxy;
 use crate::upstream::PooledBody;
 
 type GatewayService = Idempotency<Proxy>;
+type GatewayResponse = Response<ResponseBody<PooledBody>>;
+type GatewayFuture = <GatewayService as tower::Service<Request<Incoming>>>::Future;
 
 /// One connection's service: the gateway's, with the proxy told whose connection it is; turns
 /// errors of unprotected requests into problem responses.
-#[derive(Clone)]
+///
+/// hyper calls a connection's service through `&self`, one request at a time; the service sits
+/// in a `RefCell` so that a request borrows it instead of cloning it (and boxing a future around
+/// the clone) as a `Clone`-based service must.
 struct Conn {
-    svc: GatewayService,
+    svc: RefCell<GatewayService>,
 }
 
 impl Conn {
     fn new(svc: &GatewayService, peer: SocketAddr) -> Self {
         let mut svc = svc.clone();
         svc.get_mut().set_client(peer);
-        Self { svc }
+        Self { svc: RefCell::new(svc) }
     }
 }
 
 impl hyper::service::Service<Request<Incoming>> for Conn {
-    type Response = Response<ResponseBody<PooledBody>>;
+    type Response = GatewayResponse;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+    type Future = ConnFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let mut svc = self.svc.clone();
+        let mut borrowed;
+        let mut cloned;
+        // Never re-entered (hyper polls one request's service call at a time); a clone if it were.
+        let svc: &mut GatewayService = match self.svc.try_borrow_mut() {
+            Ok(b) => {
+                borrowed = b;
+                &mut borrowed
+            }
+            Err(_) => {
+                cloned = self.svc.borrow().clone();
+                &mut cloned
+            }
+        };
         // The proxy is always ready; ask once without a waker instead of driving `oneshot`.
         let ready = matches!(
-            tower::Service::poll_ready(&mut svc, &mut std::task::Context::from_waker(std::task::Waker::noop())),
+            tower::Service::poll_ready(svc, &mut std::task::Context::from_waker(std::task::Waker::noop())),
             std::task::Poll::Ready(Ok(()))
         );
-        Box::pin(async move {
-            let result = if ready {
-                tower::Service::call(&mut svc, req).await
-            } else {
-                svc.oneshot(req).await
-            };
-            match result {
-                Ok(resp) => Ok(resp),
-                Err(e) => {
-                    tracing::warn!(error = %e, "upstream error on an unprotected request");
-                    Ok(match e {
-                        UpstreamError::NotExecuted(_) => Problem::UpstreamUnavailable,
-                        UpstreamError::Timeout(_) => Problem::UpstreamTimeout { retry_after_secs: 1 },
-                        UpstreamError::Failed(_) => Problem::UpstreamFailed { retry_after_secs: 1 },
-                    }
-                    .into_response())
-                }
+        if ready {
+            ConnFuture::Direct {
+                fut: tower::Service::call(svc, req),
             }
-        })
+        } else {
+            ConnFuture::Waiting {
+                fut: Box::pin(svc.clone().oneshot(req)),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Conn`]'s response future: the gateway's, polled in place.
+    #[project = ConnFutureProj]
+    enum ConnFuture {
+        Direct { #[pin] fut: GatewayFuture },
+        Waiting { fut: BoxFuture<'static, Result<GatewayResponse, UpstreamError>> },
+    }
+}
+
+impl Future for ConnFuture {
+    type Output = Result<GatewayResponse, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match self.project() {
+            ConnFutureProj::Direct { fut } => std::task::ready!(fut.poll(cx)),
+            ConnFutureProj::Waiting { fut } => std::task::ready!(fut.as_mut().poll(cx)),
+        };
+        Poll::Ready(Ok(match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream error on an unprotected request");
+                match e {
+                    UpstreamError::NotExecuted(_) => Problem::UpstreamUnavailable,
+                    UpstreamError::Timeout(_) => Problem::UpstreamTimeout { retry_after_secs: 1 },
+                    UpstreamError::Failed(_) => Problem::UpstreamFailed { retry_after_secs: 1 },
+                }
+                .into_response()
+            }
+        }))
     }
 }
 
