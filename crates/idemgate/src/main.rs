@@ -9,6 +9,7 @@
 
 mod admin;
 mod demo;
+mod head_timeout;
 mod proxy;
 mod server;
 mod settings;
@@ -111,6 +112,10 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
     let layer = IdempotencyLayer::new(store.clone(), hasher, settings.layer.clone());
     let svc = layer.layer(proxy);
 
+    let serve_opts = server::ServeOptions {
+        drain: settings.shutdown_timeout,
+        header_timeout: settings.header_timeout,
+    };
     let on_threads = stores::serves_on_threads(&settings.store);
     let threads = serving_threads(settings.threads, on_threads);
     // Stores that serve each thread on that thread do so even with one thread (a current-thread
@@ -162,13 +167,13 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
         banner(addr);
     }
     if !own_threads {
-        server::serve(listener, svc, shutdown, settings.shutdown_timeout).await;
+        server::serve(listener, svc, shutdown, serve_opts).await;
     } else {
         let first = listener.into_std()?;
         let make_svc = || -> anyhow::Result<_> {
             Ok(layer.layer(proxy::Proxy::new(&settings.upstream, settings.upstream_timeout)?))
         };
-        server::serve_threads(first, threads, make_svc, shutdown, settings.shutdown_timeout).await?;
+        server::serve_threads(first, threads, make_svc, shutdown, serve_opts).await?;
     }
     housekeeping.abort();
     if let Some(t) = upkeep {

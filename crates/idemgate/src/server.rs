@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,11 +29,13 @@ use idemgate_tower::{Idempotency, Problem, ResponseBody, UpstreamError};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::head_timeout::{Busy, Guarded, HeadClock};
 use crate::proxy::Proxy;
 use crate::upstream::PooledBody;
 
 type GatewayService = Idempotency<Proxy>;
 type GatewayResponse = Response<ResponseBody<PooledBody>>;
+type ConnResponse = Response<Guarded<ResponseBody<PooledBody>>>;
 type GatewayFuture = <GatewayService as tower::Service<Request<Incoming>>>::Future;
 
 /// One connection's service: the gateway's, with the proxy told whose connection it is; turns
@@ -43,18 +46,22 @@ type GatewayFuture = <GatewayService as tower::Service<Request<Incoming>>>::Futu
 /// the clone) as a `Clone`-based service must.
 struct Conn {
     svc: RefCell<GatewayService>,
+    clock: Arc<HeadClock>,
 }
 
 impl Conn {
-    fn new(svc: &GatewayService, peer: SocketAddr) -> Self {
+    fn new(svc: &GatewayService, peer: SocketAddr, clock: Arc<HeadClock>) -> Self {
         let mut svc = svc.clone();
         svc.get_mut().set_client(peer);
-        Self { svc: RefCell::new(svc) }
+        Self {
+            svc: RefCell::new(svc),
+            clock,
+        }
     }
 }
 
 impl hyper::service::Service<Request<Incoming>> for Conn {
-    type Response = GatewayResponse;
+    type Response = ConnResponse;
     type Error = Infallible;
     type Future = ConnFuture;
 
@@ -77,36 +84,50 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
             tower::Service::poll_ready(svc, &mut std::task::Context::from_waker(std::task::Waker::noop())),
             std::task::Poll::Ready(Ok(()))
         );
-        if ready {
-            ConnFuture::Direct {
+        let kind = if ready {
+            ConnKind::Direct {
                 fut: tower::Service::call(svc, req),
             }
         } else {
-            ConnFuture::Waiting {
+            ConnKind::Waiting {
                 fut: Box::pin(svc.clone().oneshot(req)),
             }
+        };
+        ConnFuture {
+            kind,
+            busy: Some(self.clock.busy()),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// [`Conn`]'s response future: the gateway's, polled in place.
-    #[project = ConnFutureProj]
-    enum ConnFuture {
+    /// [`Conn`]'s response future: the gateway's, polled in place; the request counts as in
+    /// progress (`--header-timeout`) until its response body is done.
+    struct ConnFuture {
+        #[pin]
+        kind: ConnKind,
+        busy: Option<Busy>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = ConnKindProj]
+    enum ConnKind {
         Direct { #[pin] fut: GatewayFuture },
         Waiting { fut: BoxFuture<'static, Result<GatewayResponse, UpstreamError>> },
     }
 }
 
 impl Future for ConnFuture {
-    type Output = Result<GatewayResponse, Infallible>;
+    type Output = Result<ConnResponse, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match self.project() {
-            ConnFutureProj::Direct { fut } => std::task::ready!(fut.poll(cx)),
-            ConnFutureProj::Waiting { fut } => std::task::ready!(fut.as_mut().poll(cx)),
+        let this = self.project();
+        let result = match this.kind.project() {
+            ConnKindProj::Direct { fut } => std::task::ready!(fut.poll(cx)),
+            ConnKindProj::Waiting { fut } => std::task::ready!(fut.as_mut().poll(cx)),
         };
-        Poll::Ready(Ok(match result {
+        let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(error = %e, "upstream error on an unprotected request");
@@ -117,16 +138,29 @@ impl Future for ConnFuture {
                 }
                 .into_response()
             }
-        }))
+        };
+        let busy = this.busy.take().unwrap_or_else(Busy::ended);
+        Poll::Ready(Ok(resp.map(|body| Guarded::new(body, busy))))
     }
 }
 
-/// Serves `svc` on `listener` until `shutdown` resolves, then drains for at most `drain`.
-pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Future<Output = ()>, drain: Duration) {
+/// How a listener serves its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// How long in-flight requests may finish after shutdown begins (`--shutdown-timeout`).
+    pub drain: Duration,
+    /// `--header-timeout` (see `head_timeout.rs`).
+    pub header_timeout: Duration,
+}
+
+/// Serves `svc` on `listener` until `shutdown` resolves, then drains for at most `opts.drain`.
+pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Future<Output = ()>, opts: ServeOptions) {
+    let ServeOptions { drain, header_timeout } = opts;
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
+    // hyper's per-request header timer is replaced by one watchdog per connection.
     builder.timer(hyper_util::rt::TokioTimer::new());
-    builder.header_read_timeout(Some(Duration::from_secs(30)));
+    builder.header_read_timeout(None::<Duration>);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -141,11 +175,24 @@ pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Fu
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection(TokioIo::new(stream), Conn::new(&svc, peer));
+                let clock = HeadClock::new();
+                let conn = builder.serve_connection(TokioIo::new(stream), Conn::new(&svc, peer, clock.clone()));
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+                // The watchdog: a task of its own, so the connection's wake-ups never poll its
+                // timer; it ends with the connection, or ends the connection.
+                let abort = task.abort_handle();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = task => {}
+                        () = clock.expired(header_timeout) => {
+                            tracing::debug!(%peer, "no request head within --header-timeout; closing the connection");
+                            abort.abort();
+                        }
                     }
                 });
             }
@@ -170,14 +217,14 @@ pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Fu
 }
 
 /// Serves on `threads` threads (see the module docs) until `shutdown` resolves, then lets each
-/// drain for at most `drain`. `first` is a listener made by [`bind_reuseport`]; the other
+/// drain for at most `opts.drain`. `first` is a listener made by [`bind_reuseport`]; the other
 /// threads bind their own to its address.
 pub async fn serve_threads<F>(
     first: std::net::TcpListener,
     threads: usize,
     make_svc: F,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    opts: ServeOptions,
 ) -> anyhow::Result<()>
 where
     F: Fn() -> anyhow::Result<GatewayService>,
@@ -206,7 +253,7 @@ where
                     let shutdown = async move {
                         let _ = stop.wait_for(|stopped| *stopped).await;
                     };
-                    serve(listener, svc, shutdown, drain).await;
+                    serve(listener, svc, shutdown, opts).await;
                     replies.abort();
                     Ok(())
                 })

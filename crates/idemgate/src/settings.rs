@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// How long in-flight requests may run after SIGTERM/SIGINT [default: 30s].
     #[arg(long, env = "IDEMGATE_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// How long a client connection may go without sending a complete request head, counted from
+    /// its opening or the end of its previous response, before it is closed (slow and idle
+    /// clients) [default: 30s].
+    #[arg(long, env = "IDEMGATE_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
     /// How often expired records are purged [default: 30s].
     #[arg(long, env = "IDEMGATE_PURGE_INTERVAL", value_parser = parse_duration)]
     pub purge_interval: Option<Duration>,
@@ -144,6 +149,7 @@ pub struct FileConfig {
     on_store_error: Option<String>,
     scope_secret_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
+    header_timeout: Option<String>,
     purge_interval: Option<String>,
     threads: Option<usize>,
     fingerprint: Option<FileFingerprint>,
@@ -184,6 +190,7 @@ pub struct Settings {
     pub log_json: bool,
     pub scope_secret: Option<Vec<u8>>,
     pub shutdown_timeout: Duration,
+    pub header_timeout: Duration,
     pub purge_interval: Duration,
     /// `None`: chosen by store (see `main::serving_threads`).
     pub threads: Option<usize>,
@@ -421,6 +428,11 @@ impl Settings {
                 .shutdown_timeout
                 .or(dur("shutdown_timeout", file.shutdown_timeout)?)
                 .unwrap_or(Duration::from_secs(30)),
+            header_timeout: args
+                .header_timeout
+                .or(dur("header_timeout", file.header_timeout)?)
+                .unwrap_or(Duration::from_secs(30))
+                .max(Duration::from_millis(1)),
             purge_interval: args
                 .purge_interval
                 .or(dur("purge_interval", file.purge_interval)?)

@@ -402,3 +402,85 @@ async fn an_upstream_that_closes_its_connections_gets_a_new_one_for_each_request
     assert_eq!(up.executions(), 20, "each executed once: none lost, none repeated");
     assert_eq!(up.connections(), 20);
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` from `s` (bounded); returns its status.
+async fn read_response(s: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before a whole response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return head[9..12].parse().unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a response within 10 s")
+}
+
+/// Waits (bounded) for the gateway to close `s`; how long it took.
+async fn closed_after(s: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed within 10 s")
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "no bytes, just the close: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn header_timeout_closes_slow_and_idle_connections_but_not_slow_requests() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let base = memory(&up);
+    let gw = Gateway::start(&args(&base, &["--header-timeout", "400ms"]));
+
+    // A head that never ends (slowloris): closed after the timeout, not before.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"POST /payments HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let took = closed_after(&mut slow).await;
+    assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+
+    // A request that takes longer than the timeout is not cut, its connection stays usable, and
+    // once idle it is closed too.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = |key: &str, query: &str| {
+        format!("POST /payments{query} HTTP/1.1\r\nhost: x\r\nidempotency-key: {key}\r\ncontent-length: 2\r\n\r\n{{}}")
+    };
+    s.write_all(req("slow-1", "?delay_ms=1200").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s).await, 201);
+    s.write_all(req("slow-2", "").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s).await, 201);
+    let took = closed_after(&mut s).await;
+    assert!(
+        took >= Duration::from_millis(300),
+        "idle connection closed after {took:?}"
+    );
+    assert_eq!(up.executions(), 2);
+}
