@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use idemgate_core::{
     parse_key, Claim, ClaimRequest, CompleteError, FencingToken, RecordId, StoreError, StoredResponse,
 };
@@ -208,15 +208,15 @@ impl<S> Protected<S> {
     {
         let shared = self.shared.clone();
         let cfg = &shared.config;
-        let body = match Limited::new(body, cfg.max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+        let body = match read_body(body, cfg.max_body).await {
+            Ok(body) => body,
+            Err(ReadError::TooLarge) => {
                 return Ok(problem(
                     Problem::PayloadTooLarge { limit: cfg.max_body },
                     Outcome::Invalid,
                 ));
             }
-            Err(_) => return Ok(problem(Problem::UnreadableBody, Outcome::Invalid)),
+            Err(ReadError::Unreadable) => return Ok(problem(Problem::UnreadableBody, Outcome::Invalid)),
         };
         let fingerprint = self
             .policy
@@ -453,6 +453,49 @@ async fn release(shared: &Shared, id: RecordId, token: FencingToken) {
     }
 }
 
+/// Why a request body could not be buffered.
+enum ReadError {
+    /// More than the limit.
+    TooLarge,
+    /// The client's body stream failed.
+    Unreadable,
+}
+
+/// The whole request body, at most `max` bytes (trailers are not kept). A body that arrives as
+/// one frame (most do) is that frame's buffer itself; more are joined into one.
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame.map_err(|_| ReadError::Unreadable)?.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(ReadError::TooLarge);
+        }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(f), None) => {
+                let mut j = bytes::BytesMut::with_capacity(len.max(f.len() * 2).min(max));
+                j.extend_from_slice(f);
+                j.extend_from_slice(&data);
+                joined = Some(j);
+            }
+            (_, Some(j)) => j.extend_from_slice(&data),
+        }
+    }
+    Ok(match joined {
+        Some(j) => j.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
 fn problem<B>(p: Problem, outcome: Outcome) -> (Reply<B>, Outcome) {
     (p.into_response(), outcome)
 }
@@ -531,4 +574,43 @@ pub(crate) fn log_request(method: &http::Method, path: &str, outcome: Outcome, s
         outcome = outcome.as_str(),
         micros = start.elapsed().as_micros() as u64,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    fn frames(parts: Vec<Result<&'static [u8], &'static str>>) -> impl Body<Data = Bytes> {
+        StreamBody::new(futures_util::stream::iter(
+            parts
+                .into_iter()
+                .map(|p| p.map(|b| Frame::data(Bytes::from_static(b))).map_err(BoxError::from)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_within_the_limit() {
+        let one = read_body(frames(vec![Ok(b"abc")]), 3).await.ok().unwrap();
+        assert_eq!(&one[..], b"abc");
+        let many = read_body(frames(vec![Ok(b"ab"), Ok(b""), Ok(b"cd"), Ok(b"e")]), 5)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(&many[..], b"abcde");
+        assert!(read_body(frames(vec![]), 0).await.ok().unwrap().is_empty());
+        assert!(matches!(
+            read_body(frames(vec![Ok(b"ab"), Ok(b"cd")]), 3).await,
+            Err(ReadError::TooLarge)
+        ));
+        assert!(matches!(
+            read_body(frames(vec![Ok(b"abcd")]), 3).await,
+            Err(ReadError::TooLarge)
+        ));
+        assert!(matches!(
+            read_body(frames(vec![Ok(b"ab"), Err("reset")]), 9).await,
+            Err(ReadError::Unreadable)
+        ));
+    }
 }
