@@ -549,14 +549,27 @@ fn redact(url: &str) -> String {
 
 /// The Redis key of a record.
 pub fn record_key(id: &RecordId) -> String {
-    // Built by hand: `format!` was ~1,000 instructions of every command (callgrind).
-    let mut key = String::with_capacity(KEY_PREFIX.len() + 66);
-    key.push_str(KEY_PREFIX);
-    key.push('{');
-    id.push_hex(&mut key);
-    key.push('}');
+    String::from_utf8_lossy(&key_bytes(id)).into_owned()
+}
+
+/// [`record_key`]'s bytes, on the stack: what the commands send (`format!` or `String` pushes
+/// were ~800 instructions of every command; callgrind).
+fn key_bytes(id: &RecordId) -> [u8; KEY_LEN] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut key = [0u8; KEY_LEN];
+    let p = KEY_PREFIX.len();
+    key[..p].copy_from_slice(KEY_PREFIX.as_bytes());
+    key[p] = b'{';
+    for (i, b) in id.0.iter().enumerate() {
+        key[p + 1 + 2 * i] = DIGITS[usize::from(b >> 4)];
+        key[p + 2 + 2 * i] = DIGITS[usize::from(b & 0xf)];
+    }
+    key[KEY_LEN - 1] = b'}';
     key
 }
+
+/// Length of a record key: the prefix, `{`, 64 hex digits, `}`.
+const KEY_LEN: usize = KEY_PREFIX.len() + 66;
 
 fn map_err(e: RedisError, timeout: Duration) -> StoreError {
     if e.is_timeout() {
@@ -913,7 +926,7 @@ impl RedisStore {
     /// `EVALSHA script 1 key args…` as one command built once (not `ScriptInvocation`, which
     /// copies every argument twice, the response body included), loading the script and sending
     /// it again if Redis has lost it (`NOSCRIPT`: a restart or `SCRIPT FLUSH`).
-    async fn eval(&self, script: &Script, key: &str, args: &[&[u8]]) -> Result<Value, StoreError> {
+    async fn eval(&self, script: &Script, key: &[u8], args: &[&[u8]]) -> Result<Value, StoreError> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash()).arg(1).arg(key);
         for a in args {
@@ -945,14 +958,19 @@ impl RedisStore {
         }
         .encode();
         let ttl = req.lease_ms.saturating_add(self.slack_ms()).clamp(1, i64::MAX as u64);
-        let key = record_key(&req.id);
+        let key = key_bytes(&req.id);
         let mut c = self.counted().await;
         if self.set_nx_get.load(Ordering::Relaxed) {
             // One command, no script: writes the new record only if there is none, and returns
             // the one there is. Only a record the caller's clock says has expired needs the
             // script (a takeover, decided again atomically).
             let mut cmd = redis::cmd("SET");
-            cmd.arg(&key).arg(&fresh[..]).arg("NX").arg("GET").arg("PX").arg(ttl);
+            cmd.arg(&key[..])
+                .arg(&fresh[..])
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(ttl);
             let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
             match &v {
                 Value::Nil => return Ok(Claim::Acquired { token, takeover: false }),
@@ -967,7 +985,11 @@ impl RedisStore {
         drop(c);
         let (now, ttl) = (req.now_ms.to_string(), ttl.to_string());
         let v = self
-            .eval(&self.scripts.claim, &key, &[now.as_bytes(), &fresh[..], ttl.as_bytes()])
+            .eval(
+                &self.scripts.claim,
+                &key[..],
+                &[now.as_bytes(), &fresh[..], ttl.as_bytes()],
+            )
             .await?;
         parse_claim(v, token, &req)
     }
@@ -989,7 +1011,7 @@ impl RedisStore {
             response.as_bytes(),
             ttl.as_bytes(),
         ];
-        let v = self.eval(&self.scripts.complete, &record_key(&id), &args).await?;
+        let v = self.eval(&self.scripts.complete, &key_bytes(&id), &args).await?;
         match int(&v) {
             Some(1) => Ok(()),
             Some(0) => Err(CompleteError::Fenced),
@@ -999,14 +1021,14 @@ impl RedisStore {
 
     async fn release_inner(&self, id: RecordId, token: FencingToken) -> Result<bool, StoreError> {
         let v = self
-            .eval(&self.scripts.release, &record_key(&id), &[&token.0.to_le_bytes()])
+            .eval(&self.scripts.release, &key_bytes(&id), &[&token.0.to_le_bytes()])
             .await?;
         int(&v).map(|n| n == 1).ok_or_else(|| unexpected(&v))
     }
 
     async fn get_inner(&self, id: RecordId) -> Result<Option<Record>, StoreError> {
         let mut cmd = redis::cmd("GET");
-        cmd.arg(record_key(&id));
+        cmd.arg(&key_bytes(&id)[..]);
         let mut c = self.counted().await;
         let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
         match &v {
@@ -1017,7 +1039,7 @@ impl RedisStore {
 
     async fn delete_inner(&self, id: RecordId) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(record_key(&id));
+        cmd.arg(&key_bytes(&id)[..]);
         let mut c = self.counted().await;
         let v: Value = self.bounded(cmd.query_async(&mut c)).await?;
         int(&v).map(|n| n > 0).ok_or_else(|| unexpected(&v))
