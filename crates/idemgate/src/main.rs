@@ -29,10 +29,9 @@ use tower::Layer;
 use crate::settings::{ServeArgs, Settings};
 
 /// mimalloc: per-thread free lists suit a proxy's many short-lived buffers (glibc's malloc spent
-/// about 13 % of a new-key profile consolidating chunks; docs/PERFORMANCE.md), called as
-/// `idemgate-alloc` explains.
+/// about 13 % of a new-key profile consolidating chunks; docs/PERFORMANCE.md).
 #[global_allocator]
-static GLOBAL: idemgate_alloc::MiMalloc = idemgate_alloc::MiMalloc;
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const AFTER_HELP: &str = "\
 Every flag can also be set with an IDEMGATE_* environment variable (--lock-timeout is
