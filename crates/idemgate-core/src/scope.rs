@@ -19,19 +19,18 @@ pub struct RecordId(pub [u8; 32]);
 impl RecordId {
     /// Lower-case hex, as stores that need text keys (Redis) use it.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        self.push_hex(&mut s);
-        s
+        self.hex().iter().map(|&b| char::from(b)).collect()
     }
 
-    /// Appends the lower-case hex to `out` (a store building a key around it).
-    pub fn push_hex(&self, out: &mut String) {
+    /// [`Self::to_hex`]'s ASCII bytes, on the stack (a store building a key around them).
+    pub fn hex(&self) -> [u8; 64] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        out.reserve(64);
-        for b in self.0 {
-            out.push(char::from(DIGITS[usize::from(b >> 4)]));
-            out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
         }
+        out
     }
 }
 

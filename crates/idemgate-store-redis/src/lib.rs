@@ -555,15 +555,11 @@ pub fn record_key(id: &RecordId) -> String {
 /// [`record_key`]'s bytes, on the stack: what the commands send (`format!` or `String` pushes
 /// were ~800 instructions of every command; callgrind).
 fn key_bytes(id: &RecordId) -> [u8; KEY_LEN] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut key = [0u8; KEY_LEN];
     let p = KEY_PREFIX.len();
     key[..p].copy_from_slice(KEY_PREFIX.as_bytes());
     key[p] = b'{';
-    for (i, b) in id.0.iter().enumerate() {
-        key[p + 1 + 2 * i] = DIGITS[usize::from(b >> 4)];
-        key[p + 2 + 2 * i] = DIGITS[usize::from(b & 0xf)];
-    }
+    key[p + 1..KEY_LEN - 1].copy_from_slice(&id.hex());
     key[KEY_LEN - 1] = b'}';
     key
 }
@@ -926,12 +922,10 @@ impl RedisStore {
     /// `EVALSHA script 1 key args…` as one command built once (not `ScriptInvocation`, which
     /// copies every argument twice, the response body included), loading the script and sending
     /// it again if Redis has lost it (`NOSCRIPT`: a restart or `SCRIPT FLUSH`).
-    async fn eval(&self, script: &Script, key: &[u8], args: &[&[u8]]) -> Result<Value, StoreError> {
+    async fn eval(&self, script: &Script, key: &[u8], args: impl FnOnce(&mut Cmd)) -> Result<Value, StoreError> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash()).arg(1).arg(key);
-        for a in args {
-            cmd.arg(*a);
-        }
+        args(&mut cmd);
         let mut c = self.counted().await;
         let once = async {
             match cmd.query_async::<Value>(&mut c).await {
@@ -959,8 +953,8 @@ impl RedisStore {
         .encode();
         let ttl = req.lease_ms.saturating_add(self.slack_ms()).clamp(1, i64::MAX as u64);
         let key = key_bytes(&req.id);
-        let mut c = self.counted().await;
         if self.set_nx_get.load(Ordering::Relaxed) {
+            let mut c = self.counted().await;
             // One command, no script: writes the new record only if there is none, and returns
             // the one there is. Only a record the caller's clock says has expired needs the
             // script (a takeover, decided again atomically).
@@ -982,14 +976,10 @@ impl RedisStore {
                 }
             }
         }
-        drop(c);
-        let (now, ttl) = (req.now_ms.to_string(), ttl.to_string());
         let v = self
-            .eval(
-                &self.scripts.claim,
-                &key[..],
-                &[now.as_bytes(), &fresh[..], ttl.as_bytes()],
-            )
+            .eval(&self.scripts.claim, &key, |c| {
+                c.arg(req.now_ms).arg(&fresh[..]).arg(ttl);
+            })
             .await?;
         parse_claim(v, token, &req)
     }
@@ -1004,14 +994,13 @@ impl RedisStore {
         let ttl = expires_at_ms
             .saturating_sub(idemgate_core::time::now_ms())
             .clamp(1, i64::MAX as u64);
-        let ttl = ttl.to_string();
-        let args: [&[u8]; 4] = [
-            &token.0.to_le_bytes(),
-            &expires_at_ms.to_le_bytes(),
-            response.as_bytes(),
-            ttl.as_bytes(),
-        ];
-        let v = self.eval(&self.scripts.complete, &key_bytes(&id), &args).await?;
+        let args = |c: &mut Cmd| {
+            c.arg(&token.0.to_le_bytes()[..])
+                .arg(&expires_at_ms.to_le_bytes()[..])
+                .arg(&response.as_bytes()[..])
+                .arg(ttl);
+        };
+        let v = self.eval(&self.scripts.complete, &key_bytes(&id), args).await?;
         match int(&v) {
             Some(1) => Ok(()),
             Some(0) => Err(CompleteError::Fenced),
@@ -1021,7 +1010,9 @@ impl RedisStore {
 
     async fn release_inner(&self, id: RecordId, token: FencingToken) -> Result<bool, StoreError> {
         let v = self
-            .eval(&self.scripts.release, &key_bytes(&id), &[&token.0.to_le_bytes()])
+            .eval(&self.scripts.release, &key_bytes(&id), |c| {
+                c.arg(&token.0.to_le_bytes()[..]);
+            })
             .await?;
         int(&v).map(|n| n == 1).ok_or_else(|| unexpected(&v))
     }

@@ -95,7 +95,7 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
         };
         ConnFuture {
             kind,
-            busy: Some(self.clock.busy()),
+            busy: self.clock.busy(),
         }
     }
 }
@@ -106,7 +106,7 @@ pin_project_lite::pin_project! {
     struct ConnFuture {
         #[pin]
         kind: ConnKind,
-        busy: Option<Busy>,
+        busy: Busy,
     }
 }
 
@@ -139,7 +139,7 @@ impl Future for ConnFuture {
                 .into_response()
             }
         };
-        let busy = this.busy.take().unwrap_or_else(Busy::ended);
+        let busy = std::mem::replace(this.busy, Busy::ended());
         Poll::Ready(Ok(resp.map(|body| Guarded::new(body, busy))))
     }
 }
