@@ -24,7 +24,10 @@
 //!   log, and opening truncates them away.
 //! - **Reads.** The index holds in-flight records whole, but for a completed record only its TTL
 //!   and where its entry is: a replay or `get` reads the entry back (page cache) and decodes it.
-//!   A claim of a live completed record is answered this way without the writer.
+//!   A claim of a live completed record is answered this way without the writer. The last
+//!   record read of each of 64 slots is kept decoded (`hot.rs`), so a burst of retries of one
+//!   key reads its entry once; a hit needs the index's current location, and compaction empties
+//!   the table.
 //! - **Recovery.** Opening reads the log once, rebuilding the index (later entries win, DEL
 //!   removes). A frame is written only after the previous one was synced, so only the last frame
 //!   can be torn by a crash, in any way (any subset of its pages may have reached the disk): a
@@ -43,6 +46,7 @@
 #![deny(missing_docs)]
 
 mod format;
+mod hot;
 mod index;
 mod writer;
 
@@ -188,6 +192,10 @@ pub(crate) struct Shared {
     pub(crate) log_len: AtomicU64,
     pub(crate) dir: PathBuf,
     pub(crate) path: PathBuf,
+    /// Completed records read back recently, so that a burst of retries of one key reads its
+    /// entry once. Filled by reads under the file's read lock, emptied by compaction under its
+    /// write lock.
+    pub(crate) hot: hot::HotEntries,
 }
 
 impl Shared {
@@ -228,6 +236,15 @@ impl Shared {
     }
 
     fn read_entry(&self, file: &File, id: &RecordId, loc: Loc) -> Result<Record, StoreError> {
+        if let Some(record) = self.hot.get(id, loc) {
+            return Ok(record);
+        }
+        let record = self.read_entry_from(file, id, loc)?;
+        self.hot.put(id, loc, &record);
+        Ok(record)
+    }
+
+    fn read_entry_from(&self, file: &File, id: &RecordId, loc: Loc) -> Result<Record, StoreError> {
         let mut buf = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset)
             .map_err(|e| StoreError::Backend(Box::new(LogError::io("read an entry of", &self.path, e))))?;
@@ -401,6 +418,7 @@ impl LogStore {
             log_len: AtomicU64::new(file_len),
             dir: dir.to_path_buf(),
             path,
+            hot: hot::HotEntries::default(),
         });
         let writer = Writer::new(shared.clone(), file, file_len, live_bytes, options);
         let (tx, rx) = mpsc::channel();

@@ -483,6 +483,7 @@ impl Writer {
         {
             let mut current = self.shared.file.write().unwrap_or_else(|p| p.into_inner());
             self.shared.index.relocate(&moved);
+            self.shared.hot.clear();
             *current = file.clone();
         }
         self.file = file;
