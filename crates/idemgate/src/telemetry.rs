@@ -192,11 +192,19 @@ where
             return self.inner.format_event(ctx, w, event);
         }
         // Built in a buffer of this thread's and handed to the writer in one piece: every piece
-        // written to `w` directly would be a dynamic call.
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            access_line(line, event, self.json);
-            w.write_str(line)
+        // written to `w` directly would be a dynamic call. A line formatted while another is
+        // (a field's `Debug` that logs) gets a buffer of its own instead of a borrow panic.
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                access_line(&mut line, event, self.json);
+                w.write_str(&line)
+            }
+            Err(_) => {
+                let mut line = String::new();
+                access_line(&mut line, event, self.json);
+                w.write_str(&line)
+            }
         })
     }
 }
