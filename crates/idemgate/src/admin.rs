@@ -23,14 +23,13 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use idemgate_core::{parse_key, Record};
 use idemgate_tower::{IdempotencyLayer, PROBLEM_BASE};
-use metrics_exporter_prometheus::PrometheusHandle;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 pub struct Admin {
     pub layer: IdempotencyLayer,
     pub token: Option<String>,
-    pub prometheus: Option<PrometheusHandle>,
+    pub prometheus: Option<crate::recorder::MetricsHandle>,
 }
 
 type Resp = Response<Full<Bytes>>;

@@ -11,6 +11,7 @@ mod admin;
 mod demo;
 mod head_timeout;
 mod proxy;
+mod recorder;
 mod server;
 mod settings;
 mod stores;
@@ -144,16 +145,6 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
         None => None,
     };
     let housekeeping = tokio::spawn(housekeeping(store.clone(), settings.purge_interval));
-    // The exporter keeps raw histogram samples until upkeep folds them into buckets: drain often.
-    let upkeep = prometheus.map(|p| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                p.run_upkeep();
-            }
-        })
-    });
     let shutdown = shutdown_signal();
     println!(
         "idemgate listening on http://{addr} -> {} (store: {} {})",
@@ -175,9 +166,6 @@ async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> an
         server::serve_threads(first, threads, make_svc, shutdown, serve_opts).await?;
     }
     housekeeping.abort();
-    if let Some(t) = upkeep {
-        t.abort();
-    }
     if let Some(t) = admin_task {
         t.abort();
     }

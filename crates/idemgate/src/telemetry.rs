@@ -22,7 +22,6 @@ use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
@@ -476,12 +475,11 @@ mod tests {
     }
 }
 
-/// Installs the Prometheus recorder (histograms with fixed buckets, in seconds).
-pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    ];
-    Ok(PrometheusBuilder::new().set_buckets(&buckets)?.install_recorder()?)
+/// Installs the metrics recorder ([`crate::recorder`]: histograms with fixed buckets, in seconds).
+pub fn init_metrics() -> anyhow::Result<crate::recorder::MetricsHandle> {
+    let (recorder, handle) = crate::recorder::GatewayRecorder::new();
+    metrics::set_global_recorder(recorder)?;
+    Ok(handle)
 }
 /// What one per-request line costs, fast path against tracing-subscriber's formatters (a
 /// measurement, not a check: `cargo test --release -p idemgate --bin idemgate

@@ -168,8 +168,12 @@ async fn admin_health_readiness_metrics_and_key_api() {
         "idemgate_requests_total{outcome=\"executed\"} 2",
         "idemgate_requests_total{outcome=\"replayed\"} 1",
         "idemgate_requests_total{outcome=\"invalid\"} 1",
-        "idemgate_store_seconds_bucket",
-        "idemgate_upstream_seconds_bucket",
+        "# TYPE idemgate_store_seconds histogram",
+        "idemgate_store_seconds_bucket{op=\"claim\",le=\"+Inf\"} ",
+        "idemgate_store_seconds_count{op=\"claim\"} ",
+        "idemgate_store_seconds_count{op=\"complete\"} 2",
+        "idemgate_upstream_seconds_bucket{le=\"30\"} 2",
+        "idemgate_upstream_seconds_count 2",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
