@@ -345,3 +345,22 @@ async fn demo_runs_in_one_command_and_charges_once() {
     // The demo runs on the embedded default store, in ./idemgate-data.
     assert!(dir.path().join("idemgate-data/records.log").exists());
 }
+
+/// The gateway turns transparent huge pages off for itself: zeroing a 2 MiB page on its first
+/// touch stalls the serving thread that touched it (docs/DESIGN.md, "Serving threads").
+#[cfg(target_os = "linux")]
+#[test]
+fn transparent_huge_pages_are_off_in_the_gateway() {
+    let gw = Gateway::start(&["--upstream", "http://127.0.0.1:9", "--store", "memory"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.child.id())).unwrap();
+    // Kernels before 5.0 do not report the flag; every kernel this runs on in CI does.
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{status}");
+    }
+    // The setting is the process's own: this test process keeps its default.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(
+        own.lines().all(|l| !l.starts_with("THP_enabled:") || l.ends_with('1')),
+        "{own}"
+    );
+}
