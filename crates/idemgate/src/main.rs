@@ -38,7 +38,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// its arenas): the first touch of a 2 MiB page zeroes all of it inside whatever request touched
 /// it, which on a VM stalled a serving thread and all its connections for 1–5 ms, several times
 /// a second while a store grows. With 4 KiB pages the same zeroing comes in pieces too small to
-/// see (new keys: p99 4.4–5.4 ms → 1.3–3.6 ms, +5 % throughput; docs/PERFORMANCE.md). Best
+/// see (new keys: wrk p99 3.4–5.2 → 2.0–3.9 ms, +3–6 % req/s; docs/PERFORMANCE.md). Best
 /// effort: a kernel without the call leaves things as they were.
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -1,4 +1,5 @@
-//! Logs (`tracing`, text or JSON, written off the request path) and the Prometheus recorder.
+//! Logs (`tracing`, text or JSON, written off the request path) and installing the metrics
+//! recorder ([`crate::recorder`]).
 //!
 //! Log lines are appended to an in-memory buffer under a short lock and written to stderr by a
 //! background thread every 50 ms (or as soon as 256 KiB are waiting): one line per request costs
