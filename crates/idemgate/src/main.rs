@@ -10,6 +10,7 @@
 mod admin;
 mod demo;
 mod head_timeout;
+mod os;
 mod proxy;
 mod recorder;
 mod server;
@@ -33,17 +34,6 @@ use crate::settings::{ServeArgs, Settings};
 /// about 13 % of a new-key profile consolidating chunks; docs/PERFORMANCE.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Transparent huge pages off for this process (`PR_SET_THP_DISABLE`; mimalloc asks for them on
-/// its arenas): the first touch of a 2 MiB page zeroes all of it inside whatever request touched
-/// it, which on a VM stalled a serving thread and all its connections for 1–5 ms, several times
-/// a second while a store grows. With 4 KiB pages the same zeroing comes in pieces too small to
-/// see (new keys: wrk p99 3.4–5.2 → 2.0–3.9 ms, +3–6 % req/s; docs/PERFORMANCE.md). Best
-/// effort: a kernel without the call leaves things as they were.
-fn no_huge_pages() {
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
-}
 
 const AFTER_HELP: &str = "\
 Every flag can also be set with an IDEMGATE_* environment variable (--lock-timeout is
@@ -82,27 +72,38 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    no_huge_pages();
+    os::no_huge_pages();
     let cli = Cli::parse();
+    let (mut settings, demo) = match cli.command {
+        Command::Serve(args) => (Settings::resolve(args)?, false),
+        Command::Demo(mut args) => {
+            // The demo API starts on the runtime below; its address replaces this placeholder.
+            args.upstream = Some("http://127.0.0.1:0".into());
+            (Settings::resolve(args)?, true)
+        }
+    };
+    // Before any thread starts, so that every thread inherits the policy.
+    let scheduled = os::set_scheduler(settings.scheduler);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => {
-                let settings = Settings::resolve(args)?;
-                run(settings, None).await
-            }
-            Command::Demo(mut args) => {
-                let upstream = demo::start().await?;
-                args.upstream = Some(format!("http://{upstream}"));
-                let settings = Settings::resolve(args)?;
-                run(settings, Some(demo::banner)).await
-            }
+        if demo {
+            settings.upstream = format!("http://{}", demo::start().await?);
+            run(settings, scheduled, Some(demo::banner)).await
+        } else {
+            run(settings, scheduled, None).await
         }
     })
 }
 
-async fn run(settings: Settings, banner: Option<fn(std::net::SocketAddr)>) -> anyhow::Result<()> {
+async fn run(
+    settings: Settings,
+    scheduled: Result<(), os::SchedulerError>,
+    banner: Option<fn(std::net::SocketAddr)>,
+) -> anyhow::Result<()> {
     let _log_guard = telemetry::init_logs(settings.log_json);
+    if let Err(e) = scheduled {
+        tracing::warn!(error = %e, scheduler = ?settings.scheduler, "cannot set the scheduling policy; the kernel's default applies");
+    }
     let prometheus = telemetry::init_metrics().ok();
     let shortest_lock = settings
         .layer

@@ -102,6 +102,11 @@ pub struct ServeArgs {
     /// [default: the number of CPUs with the memory or embedded store, 1 with Redis or PostgreSQL].
     #[arg(long, env = "IDEMGATE_THREADS")]
     pub threads: Option<usize>,
+    /// Linux scheduling policy of the gateway's threads: `batch` (SCHED_BATCH: a thread woken by
+    /// a request or a reply does not preempt the upstream or the client running on that CPU) or
+    /// `normal` (SCHED_OTHER) [default: batch].
+    #[arg(long, env = "IDEMGATE_SCHEDULER", value_parser = ["batch", "normal"])]
+    pub scheduler: Option<String>,
 }
 
 /// Parses humantime durations: `500ms`, `2s`, `24h`.
@@ -152,6 +157,7 @@ pub struct FileConfig {
     header_timeout: Option<String>,
     purge_interval: Option<String>,
     threads: Option<usize>,
+    scheduler: Option<String>,
     fingerprint: Option<FileFingerprint>,
     #[serde(default, rename = "route")]
     routes: Vec<FileRoute>,
@@ -194,7 +200,17 @@ pub struct Settings {
     pub purge_interval: Duration,
     /// `None`: chosen by store (see `main::serving_threads`).
     pub threads: Option<usize>,
+    pub scheduler: Scheduler,
     pub layer: IdempotencyConfig,
+}
+
+/// `--scheduler`: the Linux scheduling policy of every gateway thread (`os.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// `SCHED_BATCH`, the default.
+    Batch,
+    /// `SCHED_OTHER`, the kernel's default for every process.
+    Normal,
 }
 
 /// A setting could not be resolved.
@@ -409,6 +425,11 @@ impl Settings {
         if log_format != "text" && log_format != "json" {
             return Err(invalid("log_format")(format!("{log_format:?} is not `text` or `json`")));
         }
+        let scheduler = match args.scheduler.or(file.scheduler).as_deref() {
+            None | Some("batch") => Scheduler::Batch,
+            Some("normal") => Scheduler::Normal,
+            Some(other) => return Err(invalid("scheduler")(format!("{other:?} is not `batch` or `normal`"))),
+        };
         Ok(Settings {
             upstream,
             listen: args
@@ -441,6 +462,7 @@ impl Settings {
                 Some(0) => return Err(invalid("threads")("must be at least 1".into())),
                 n => n,
             },
+            scheduler,
             layer,
         })
     }
@@ -503,6 +525,32 @@ fingerprint = { canonical_json = true }
             Settings::resolve(ServeArgs::default()),
             Err(SettingsError::NoUpstream)
         ));
+    }
+
+    #[test]
+    fn scheduler_defaults_to_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idemgate.toml");
+        let resolve = |file: &str, flag: Option<&str>| {
+            std::fs::write(&path, format!("upstream = \"http://x\"\n{file}")).unwrap();
+            Settings::resolve(ServeArgs {
+                config: Some(path.clone()),
+                scheduler: flag.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        assert_eq!(resolve("", None).unwrap().scheduler, Scheduler::Batch);
+        assert_eq!(
+            resolve("scheduler = \"normal\"\n", None).unwrap().scheduler,
+            Scheduler::Normal
+        );
+        assert_eq!(
+            resolve("scheduler = \"normal\"\n", Some("batch")).unwrap().scheduler,
+            Scheduler::Batch,
+            "flag beats file"
+        );
+        let err = resolve("scheduler = \"fifo\"\n", None).unwrap_err();
+        assert!(err.to_string().contains("scheduler"), "{err}");
     }
 
     #[test]

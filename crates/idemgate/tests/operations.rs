@@ -346,6 +346,68 @@ async fn demo_runs_in_one_command_and_charges_once() {
     assert!(dir.path().join("idemgate-data/records.log").exists());
 }
 
+/// The scheduling policy (field 41) of every thread of `pid`, from `/proc/<pid>/task/*/stat`.
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // The name is in parentheses and may hold spaces; the fields after it start at field 3.
+        let (name, rest) = stat.rsplit_once(')').unwrap();
+        let name = name.split_once('(').unwrap().1.to_string();
+        let policy = rest.split_whitespace().nth(41 - 3).unwrap().parse().unwrap();
+        out.push((name, policy));
+    }
+    out
+}
+
+/// Every thread of the gateway (serving threads, runtime workers, the log writer) runs under
+/// SCHED_BATCH by default and under SCHED_OTHER with `--scheduler normal` (docs/DESIGN.md,
+/// "Serving threads").
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_run_under_the_scheduler_asked_for() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    for (extra, want) in [
+        (None, SCHED_BATCH),
+        (Some("normal"), SCHED_OTHER),
+        (Some("batch"), SCHED_BATCH),
+    ] {
+        let mut args = vec![
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--store",
+            "memory",
+            "--threads",
+            "2",
+        ];
+        if let Some(s) = extra {
+            args.extend(["--scheduler", s]);
+        }
+        let gw = Gateway::start(&args);
+        // The serving threads start just after the listening line: poll for them, bounded.
+        let mut threads = thread_policies(gw.child.id());
+        for _ in 0..500 {
+            if threads.iter().filter(|(n, _)| n.starts_with("idemgate-http")).count() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            threads = thread_policies(gw.child.id());
+        }
+        assert_eq!(
+            threads.iter().filter(|(n, _)| n.starts_with("idemgate-http")).count(),
+            2,
+            "{threads:?}"
+        );
+        assert!(threads.iter().all(|(_, p)| *p == want), "{extra:?}: {threads:?}");
+    }
+    // The policy is the gateway's own: this test process keeps the default.
+    assert!(thread_policies(std::process::id())
+        .iter()
+        .all(|(_, p)| *p == SCHED_OTHER));
+}
+
 /// The gateway turns transparent huge pages off for itself: zeroing a 2 MiB page on its first
 /// touch stalls the serving thread that touched it (docs/DESIGN.md, "Serving threads").
 #[cfg(target_os = "linux")]
