@@ -5,6 +5,7 @@
 //! (the owner may be another gateway of the fleet). The number of waiters per key is bounded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use idemgate_core::RecordId;
@@ -19,6 +20,9 @@ type Shard = HashMap<RecordId, (Arc<Notify>, usize)>;
 pub(crate) struct Waiters {
     /// Per key: the wake-up and how many requests wait on it.
     shards: Vec<Mutex<Shard>>,
+    /// Registrations alive in every shard: [`Waiters::wake`] reads it instead of locking a
+    /// shard that both serving threads would otherwise pass back and forth at every completion.
+    registered: AtomicUsize,
     max_per_key: usize,
 }
 
@@ -33,6 +37,7 @@ impl Waiters {
     pub(crate) fn new(max_per_key: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            registered: AtomicUsize::new(0),
             max_per_key,
         }
     }
@@ -51,6 +56,10 @@ impl Waiters {
             return None;
         }
         *count += 1;
+        // Before the waiter looks at the store again (the caller claims next): a completion
+        // that this claim misses reads a non-zero count after it (the fence in `wake`).
+        self.registered.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let notify = notify.clone();
         Some(Waiting {
             waiters: self,
@@ -60,7 +69,15 @@ impl Waiters {
     }
 
     /// Wakes every waiter of `id` in this process (the key was completed or released).
+    ///
+    /// Called after the store has the outcome. Either the waiter's next claim sees the outcome,
+    /// or its registration was counted before this load (the two fences order each side's
+    /// write before its read); and the poll interval catches anything else.
     pub(crate) fn wake(&self, id: &RecordId) {
+        fence(Ordering::SeqCst);
+        if self.registered.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         if let Some((n, _)) = self.shard(id).get(id) {
             n.notify_waiters();
         }
@@ -71,6 +88,7 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut shard = self.waiters.shard(&self.id);
         if let Some((_, count)) = shard.get_mut(&self.id) {
+            self.waiters.registered.fetch_sub(1, Ordering::Relaxed);
             *count -= 1;
             if *count == 0 {
                 shard.remove(&self.id);
@@ -91,6 +109,11 @@ mod tests {
         let b = w.register(id).unwrap();
         let c = w.register(id).unwrap();
         assert!(w.register(id).is_none(), "a fourth waiter is refused");
+        assert_eq!(
+            w.registered.load(Ordering::Relaxed),
+            3,
+            "a refused waiter is not counted"
+        );
         assert!(w.register(RecordId([2; 32])).is_some(), "other keys are independent");
         drop((a, b));
         assert!(w.register(id).is_some());
@@ -99,5 +122,6 @@ mod tests {
             w.shards.iter().all(|s| s.lock().unwrap().is_empty()),
             "no entry outlives its waiters"
         );
+        assert_eq!(w.registered.load(Ordering::Relaxed), 0, "wake() skips the shards again");
     }
 }
