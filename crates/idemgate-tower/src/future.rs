@@ -120,14 +120,17 @@ where
 /// A boxed future that, if dropped before it finishes, is handed to a task of its own to finish
 /// (its output is then discarded) and counted in [`DetachedTasks`] until it ends. Polled in place
 /// otherwise, so it costs no extra task.
+///
+/// It holds the service's `Shared` rather than a handle of the (layer-wide) tracker: the tracker
+/// is touched only when a future is detached, not at every request.
 pub(crate) struct Detach<T> {
     fut: Option<BoxFuture<'static, T>>,
-    tasks: DetachedTasks,
+    shared: Arc<Shared>,
     spawn: fn(BoxFuture<'static, T>, &DetachedTasks),
 }
 
 impl<T: Send + 'static> Detach<T> {
-    pub(crate) fn new(fut: BoxFuture<'static, T>, tasks: DetachedTasks) -> Self {
+    pub(crate) fn new(fut: BoxFuture<'static, T>, shared: Arc<Shared>) -> Self {
         fn spawn<T: Send + 'static>(fut: BoxFuture<'static, T>, tasks: &DetachedTasks) {
             // Outside a runtime (a runtime being torn down) there is nothing to finish it on.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -140,7 +143,7 @@ impl<T: Send + 'static> Detach<T> {
         }
         Self {
             fut: Some(fut),
-            tasks,
+            shared,
             spawn: spawn::<T>,
         }
     }
@@ -214,7 +217,7 @@ impl<T> Future for Detach<T> {
 impl<T> Drop for Detach<T> {
     fn drop(&mut self) {
         if let Some(fut) = self.fut.take() {
-            (self.spawn)(fut, &self.tasks);
+            (self.spawn)(fut, &self.shared.detached);
         }
     }
 }

@@ -12,6 +12,10 @@ use crate::service::Idempotency;
 use crate::waiters::Waiters;
 
 /// Everything the service shares across requests.
+///
+/// Each [`Layer::layer`] call makes a `Shared` of its own (see there); what must be one for every
+/// service of the layer (the store, the waiters, the detached exchanges, the metric handles'
+/// targets) sits behind `Arc`s inside it.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: IdempotencyConfig,
@@ -19,7 +23,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) hasher: ScopeHasher,
     pub(crate) metrics: Metrics,
-    pub(crate) waiters: Waiters,
+    pub(crate) waiters: Arc<Waiters>,
     pub(crate) detached: DetachedTasks,
 }
 
@@ -33,7 +37,7 @@ impl IdempotencyLayer {
     /// A layer over `store`, deriving record ids with `hasher`.
     pub fn new(store: Arc<dyn Store>, hasher: ScopeHasher, config: IdempotencyConfig) -> Self {
         let policies = Policies::resolve(&config);
-        let waiters = Waiters::new(config.max_waiters_per_key);
+        let waiters = Arc::new(Waiters::new(config.max_waiters_per_key));
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -66,10 +70,24 @@ impl IdempotencyLayer {
 impl<S> Layer<S> for IdempotencyLayer {
     type Service = Idempotency<S>;
 
+    /// The service and its clones share one `Shared` (and one set of policies), made for this
+    /// call: every protected request clones that `Arc` and a policy's, and a server that calls
+    /// `layer` once per serving thread (the gateway) so keeps those reference counts on the
+    /// thread's own cache lines instead of passing one line between CPUs at every request. The
+    /// store, waiters, detached exchanges and metrics stay common to every service of the layer.
     fn layer(&self, inner: S) -> Self::Service {
+        let s = &self.shared;
         Idempotency {
             inner,
-            shared: self.shared.clone(),
+            shared: Arc::new(Shared {
+                config: s.config.clone(),
+                policies: Policies::resolve(&s.config),
+                store: s.store.clone(),
+                hasher: s.hasher.clone(),
+                metrics: s.metrics.clone(),
+                waiters: s.waiters.clone(),
+                detached: s.detached.clone(),
+            }),
         }
     }
 }

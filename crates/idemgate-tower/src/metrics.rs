@@ -66,8 +66,8 @@ impl Outcome {
     ];
 }
 
-/// Metric handles, registered once when the layer is built.
-#[derive(Debug)]
+/// Metric handles, registered once when the layer is built (clones record into the same series).
+#[derive(Debug, Clone)]
 pub(crate) struct Metrics {
     outcomes: [Counter; 9],
     pub(crate) upstream: Histogram,

@@ -136,7 +136,7 @@ where
                 Ok(Problem::UpstreamFailed { retry_after_secs: 1 }.into_response())
             }
         });
-        ResponseFuture::managed(Detach::new(Box::pin(guarded), self.shared.detached.clone()))
+        ResponseFuture::managed(Detach::new(Box::pin(guarded), self.shared.clone()))
     }
 }
 

@@ -350,8 +350,11 @@ async fn demo_runs_in_one_command_and_charges_once() {
 #[cfg(target_os = "linux")]
 fn thread_policies(pid: u32) -> Vec<(String, u32)> {
     let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        // A thread may end between the listing and the read (this test binary's other tests).
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
         // The name is in parentheses and may hold spaces; the fields after it start at field 3.
         let (name, rest) = stat.rsplit_once(')').unwrap();
         let name = name.split_once('(').unwrap().1.to_string();
