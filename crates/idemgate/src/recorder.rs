@@ -6,13 +6,15 @@
 //! between upkeeps; its counters are one atomic (and a generation) that every thread writes.
 //! Here a histogram is its fixed buckets and a counter its count, kept in shards of their own
 //! cache lines, one per thread (threads beyond [`SHARDS`] share): a sample is one or two
-//! uncontended atomic adds, memory is constant, and a scrape sums the shards. `/metrics` renders
+//! uncontended atomic adds (a histogram's sum is kept in billionths, nanoseconds for the
+//! `_seconds` ones, so it is an integer add rather than a compare-and-swap loop on `f64` bits),
+//! memory is constant, and a scrape sums the shards. `/metrics` renders
 //! the exporter's output (gauges) followed by these through the exporter's own formatting
 //! helpers, so the text is what the exporter gives (`_bucket{…,le="…"}` cumulative, `_sum`,
 //! `_count`). A scrape that races samples may see a sum a sample ahead of its buckets; `_count`
 //! is always the `+Inf` bucket.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metrics::{
@@ -36,8 +38,9 @@ pub const BUCKETS: [f64; 17] = [
 struct Shard {
     /// Samples per bucket (not cumulative); the last is `+Inf`.
     counts: [AtomicU64; BUCKETS.len() + 1],
-    /// The sum of the samples, as `f64` bits.
-    sum: AtomicU64,
+    /// The sum of the samples, in billionths (1 ns for seconds; saturating per sample, wrapping
+    /// beyond ±292 years of summed seconds).
+    sum: AtomicI64,
 }
 
 /// A histogram with [`BUCKETS`].
@@ -62,10 +65,7 @@ impl HistogramFn for Buckets {
         let shard = &self.shards[shard_index()];
         let bucket = BUCKETS.partition_point(|&le| le < value);
         shard.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        // Uncontended unless threads share a shard; the loop is for those.
-        let _ = shard.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            Some((f64::from_bits(bits) + value).to_bits())
-        });
+        shard.sum.fetch_add((value * 1e9) as i64, Ordering::Relaxed);
     }
 }
 
@@ -105,13 +105,14 @@ impl Buckets {
     /// Cumulative counts per bucket (the last is `+Inf`, the total) and the sum.
     fn snapshot(&self) -> ([u64; BUCKETS.len() + 1], f64) {
         let mut counts = [0u64; BUCKETS.len() + 1];
-        let mut sum = 0.0;
+        let mut sum = 0i64;
         for shard in &self.shards {
             for (total, c) in counts.iter_mut().zip(&shard.counts) {
                 *total += c.load(Ordering::Relaxed);
             }
-            sum += f64::from_bits(shard.sum.load(Ordering::Relaxed));
+            sum = sum.wrapping_add(shard.sum.load(Ordering::Relaxed));
         }
+        let sum = sum as f64 / 1e9;
         let mut running = 0;
         for c in &mut counts {
             running += *c;
