@@ -22,8 +22,9 @@ pub enum SchedulerError {
     Nice(std::io::Error),
     #[error("no priority of the thread-priority crate maps to nice {0}")]
     NoPriority(i32),
-    #[error("cannot set the policy: {0:?}")]
-    Policy(thread_priority::Error),
+    /// The thread-priority crate's error, formatted (the crate is a Linux-only dependency).
+    #[error("cannot set the policy: {0}")]
+    Policy(String),
 }
 
 /// Sets the calling thread's policy; threads it starts afterwards inherit it, so `main` calls
@@ -54,7 +55,8 @@ pub fn set_scheduler(scheduler: Scheduler) -> Result<(), SchedulerError> {
             .filter_map(|p| p.try_into().ok().map(ThreadPriority::Crossplatform))
             .find(|p| p.to_posix(policy).ok() == Some(nice))
             .ok_or(SchedulerError::NoPriority(nice))?;
-        set_thread_priority_and_policy(thread_native_id(), priority, policy).map_err(SchedulerError::Policy)?;
+        set_thread_priority_and_policy(thread_native_id(), priority, policy)
+            .map_err(|e| SchedulerError::Policy(format!("{e:?}")))?;
     }
     #[cfg(not(target_os = "linux"))]
     let _ = scheduler;
