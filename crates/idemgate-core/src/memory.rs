@@ -1,8 +1,9 @@
 //! The in-memory store: sharded hash tables, no global lock, one allocation per record.
 //!
 //! Records are kept in 64 shards, each a `std::sync::Mutex` held only for one table operation
-//! (never across an await) and on cache lines of its own; a claim probes its table once. A record is one exactly-sized allocation, `id ++ Record::encode()`,
-//! and a table slot is that one pointer, so a stored record costs its bytes plus about 16 bytes
+//! (never across an await) and on cache lines of its own; a claim probes its table once. A
+//! record is one exactly-sized allocation, `id ++ Record::encode()`, and a table slot is that
+//! one pointer, so a stored record costs its bytes plus about 16 bytes
 //! of table (twice that just after the table doubles) — the hash table never holds
 //! response-sized slots, and a stored record never pins a network buffer. Ids are already
 //! uniform keyed hashes, so the tables hash them by their first eight bytes. A claim decodes the

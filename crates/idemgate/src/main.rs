@@ -159,24 +159,29 @@ async fn run(
     };
     let housekeeping = tokio::spawn(housekeeping(store.clone(), settings.purge_interval));
     let shutdown = shutdown_signal();
-    println!(
-        "idemgate listening on http://{addr} -> {} (store: {} {})",
-        settings.upstream,
-        store.kind(),
-        stores::redact(&settings.store)
-    );
-    tracing::info!(%addr, upstream = %settings.upstream, store = store.kind(), "idemgate started");
-    if let Some(banner) = banner {
-        banner(addr);
-    }
+    // The listening line is the gateway's readiness signal (tests and scripts wait for it): with
+    // serving threads it comes once every one of them runs its event loop.
+    let announce = || {
+        println!(
+            "idemgate listening on http://{addr} -> {} (store: {} {})",
+            settings.upstream,
+            store.kind(),
+            stores::redact(&settings.store)
+        );
+        tracing::info!(%addr, upstream = %settings.upstream, store = store.kind(), "idemgate started");
+        if let Some(banner) = banner {
+            banner(addr);
+        }
+    };
     if !own_threads {
+        announce();
         server::serve(listener, svc, shutdown, serve_opts).await;
     } else {
         let first = listener.into_std()?;
         let make_svc = || -> anyhow::Result<_> {
             Ok(layer.layer(proxy::Proxy::new(&settings.upstream, settings.upstream_timeout)?))
         };
-        server::serve_threads(first, threads, make_svc, shutdown, serve_opts).await?;
+        server::serve_threads(first, threads, make_svc, announce, shutdown, serve_opts).await?;
     }
     housekeeping.abort();
     if let Some(t) = admin_task {

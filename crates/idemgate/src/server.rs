@@ -218,11 +218,13 @@ pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Fu
 
 /// Serves on `threads` threads (see the module docs) until `shutdown` resolves, then lets each
 /// drain for at most `opts.drain`. `first` is a listener made by [`bind_reuseport`]; the other
-/// threads bind their own to its address.
+/// threads bind their own to its address. `ready` is called once every thread runs its event
+/// loop; if one fails to start instead, the others are stopped and an error returned.
 pub async fn serve_threads<F>(
     first: std::net::TcpListener,
     threads: usize,
     make_svc: F,
+    ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
     opts: ServeOptions,
 ) -> anyhow::Result<()>
@@ -232,6 +234,7 @@ where
     use anyhow::Context as _;
     let addr = first.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut handles = Vec::with_capacity(threads);
     let mut first = Some(first);
     for i in 0..threads {
@@ -241,6 +244,7 @@ where
         };
         let svc = make_svc()?;
         let mut stop = stop_rx.clone();
+        let started_tx = started_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("idemgate-http-{i}"))
             .spawn(move || -> std::io::Result<()> {
@@ -250,6 +254,8 @@ where
                     // one wake-up per batch instead of one per request.
                     let replies = tokio::spawn(idemgate_core::reply::ReplyQueue::install());
                     let listener = TcpListener::from_std(listener)?;
+                    let _ = started_tx.send(());
+                    drop(started_tx);
                     let shutdown = async move {
                         let _ = stop.wait_for(|stopped| *stopped).await;
                     };
@@ -261,7 +267,16 @@ where
             .context("cannot start a serving thread")?;
         handles.push(handle);
     }
-    shutdown.await;
+    // Every thread sends once it is serving; a thread that fails first drops its sender unsent.
+    drop(started_tx);
+    let mut up = 0;
+    while up < threads && started.recv().await.is_some() {
+        up += 1;
+    }
+    if up == threads {
+        ready();
+        shutdown.await;
+    }
     let _ = stop_tx.send(true);
     tokio::task::spawn_blocking(move || {
         for h in handles {
@@ -273,6 +288,11 @@ where
         }
     })
     .await?;
+    anyhow::ensure!(
+        up == threads,
+        "{} of {threads} serving threads failed to start",
+        threads - up
+    );
     Ok(())
 }
 

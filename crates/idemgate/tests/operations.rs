@@ -388,16 +388,9 @@ fn threads_run_under_the_scheduler_asked_for() {
         if let Some(s) = extra {
             args.extend(["--scheduler", s]);
         }
+        // The listening line comes once both serving threads run (server::serve_threads).
         let gw = Gateway::start(&args);
-        // The serving threads start just after the listening line: poll for them, bounded.
-        let mut threads = thread_policies(gw.child.id());
-        for _ in 0..500 {
-            if threads.iter().filter(|(n, _)| n.starts_with("idemgate-http")).count() == 2 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            threads = thread_policies(gw.child.id());
-        }
+        let threads = thread_policies(gw.child.id());
         assert_eq!(
             threads.iter().filter(|(n, _)| n.starts_with("idemgate-http")).count(),
             2,
