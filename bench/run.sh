@@ -43,6 +43,8 @@
 #                    run starts from an empty store (redis FLUSHALL, postgres TRUNCATE); 0: keep state
 #   TIME_LIMIT=1800  seconds; no new wrk run starts after this (the report covers what ran)
 #   BASE_PORT=19000  port base (see above)
+#   PG_OPTS=         the PostgreSQL store's URL options, e.g. "batch_size=1" (no batching) or
+#                    "batches=2&pool_size=8" (crates/idemgate-store-postgres)
 #   GW_LOG=          IDEMGATE_LOG for the gateways (empty: the gateway's default, info per request)
 #   CO=1             coordinated-omission-corrected pass: open loop at a fixed rate (CO_PCT=50 % of
 #                    the target's median req/s, or CO_RATE req/s for every target: the same offered
@@ -243,7 +245,7 @@ store_spec() { # store -> --store value
     memory) echo memory ;;
     embedded) echo "$WORK/embedded" ;;
     redis) echo "redis://127.0.0.1:$P_REDIS" ;;
-    postgres) echo "postgres://postgres@127.0.0.1:$P_PG/postgres" ;;
+    postgres) echo "postgres://postgres@127.0.0.1:$P_PG/postgres${PG_OPTS:+?$PG_OPTS}" ;;
   esac
 }
 start_gateway() { # store

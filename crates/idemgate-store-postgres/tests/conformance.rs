@@ -260,6 +260,105 @@ async fn one_round_trip_per_operation() {
     assert_eq!(count(before), 3, "get, delete, purge");
 }
 
+/// Claims that wait behind a running statement share the next one, and each key in it is decided
+/// as if it were alone: a completed record replays, one in flight reports its lease, an expired
+/// lease is taken over, an absent key is taken, and a second claim of one key waits for the next
+/// statement (which sees the first's lease). A current-thread runtime makes the batch exact:
+/// every claim is queued before the driver first runs.
+#[tokio::test]
+async fn queued_claims_share_one_statement_and_each_is_decided_alone() {
+    let s = PostgresStore::connect(&format!("{}?batches=1", server().await.url()))
+        .await
+        .unwrap();
+    s.ping().await.unwrap();
+    let now = time::now_ms();
+    let [done, busy, expired, absent] = [random_id(), random_id(), random_id(), random_id()];
+    let Claim::Acquired { token, .. } = s.claim(req(done, now, 10_000)).await.unwrap() else {
+        panic!()
+    };
+    s.complete(done, token, resp(b"stored"), now + 60_000).await.unwrap();
+    s.claim(req(busy, now, 600_000)).await.unwrap();
+    s.claim(req(expired, now, 5)).await.unwrap();
+
+    let before = s.round_trips();
+    let later = now + 10;
+    let claims = [done, busy, expired, absent, absent].map(|id| s.claim(req(id, later, 30_000)));
+    let out: Vec<Claim> = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|r| r.expect("claim"))
+        .collect();
+    assert_eq!(
+        s.round_trips() - before,
+        2,
+        "one statement, and one for the repeated key"
+    );
+    assert!(
+        matches!(&out[0], Claim::Completed { response, .. } if &response.body()[..] == b"stored"),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(out[1], Claim::InFlight { lease_until_ms, .. } if lease_until_ms == now + 600_000),
+        "{:?}",
+        out[1]
+    );
+    assert!(matches!(out[2], Claim::Acquired { takeover: true, .. }), "{:?}", out[2]);
+    assert!(
+        matches!(out[3], Claim::Acquired { takeover: false, .. }),
+        "{:?}",
+        out[3]
+    );
+    assert!(
+        matches!(out[4], Claim::InFlight { lease_until_ms, .. } if lease_until_ms == later + 30_000),
+        "{:?}",
+        out[4]
+    );
+}
+
+/// Completions queued behind a running statement share the next one; the one whose token is no
+/// longer the owner's is fenced off and changes nothing, the others are stored.
+#[tokio::test]
+async fn queued_completions_share_one_statement_and_fencing_holds_per_key() {
+    let s = PostgresStore::connect(&format!("{}?batches=1", server().await.url()))
+        .await
+        .unwrap();
+    s.ping().await.unwrap();
+    let now = time::now_ms();
+    let ids = [random_id(), random_id(), random_id()];
+    let mut tokens = Vec::new();
+    for id in ids {
+        let Claim::Acquired { token, .. } = s.claim(req(id, now, 600_000)).await.unwrap() else {
+            panic!()
+        };
+        tokens.push(token);
+    }
+    let stale = idemgate_core::FencingToken(tokens[1].0 ^ 1);
+    let before = s.round_trips();
+    let (a, b, c) = tokio::join!(
+        s.complete(ids[0], tokens[0], resp(b"a"), now + 60_000),
+        s.complete(ids[1], stale, resp(b"b"), now + 60_000),
+        s.complete(ids[2], tokens[2], resp(b"c"), now + 60_000),
+    );
+    assert_eq!(s.round_trips() - before, 1, "one statement for the three");
+    a.unwrap();
+    assert!(matches!(b, Err(CompleteError::Fenced)), "{b:?}");
+    c.unwrap();
+    for (id, body) in [(ids[0], &b"a"[..]), (ids[2], b"c")] {
+        let rec = s.get(id).await.unwrap();
+        assert!(
+            matches!(&rec, Some(Record::Completed { response, expires_at_ms, .. })
+                if &response.body()[..] == body && *expires_at_ms == now + 60_000),
+            "{rec:?}"
+        );
+    }
+    let rec = s.get(ids[1]).await.unwrap();
+    assert!(
+        matches!(rec, Some(Record::InFlight { token, .. }) if token == tokens[1]),
+        "{rec:?}"
+    );
+}
+
 /// A replay (and a claim that finds a request in flight) writes nothing: the row is not locked, so
 /// no transaction id is taken and the commit does not wait for a WAL flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,9 +439,19 @@ async fn bad_urls_and_unreachable_servers_fail_fast() {
     assert!(matches!(r, Err(OpenError::Connect { .. })), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    let (url, opts) = parse_url("postgres://u@h/db?pool_size=4&sslmode=disable&timeout_ms=250").unwrap();
+    assert!(matches!(
+        PostgresStore::connect("postgres://x@127.0.0.1:1/db?batch_size=0").await,
+        Err(OpenError::Option { name: "batch_size", .. })
+    ));
+    assert!(matches!(
+        PostgresStore::connect("postgres://x@127.0.0.1:1/db?batches=many").await,
+        Err(OpenError::Option { name: "batches", .. })
+    ));
+    let (url, opts) =
+        parse_url("postgres://u@h/db?pool_size=4&sslmode=disable&timeout_ms=250&batch_size=8&batches=2").unwrap();
     assert_eq!(url, "postgres://u@h/db?sslmode=disable");
     assert_eq!((opts.pool_size, opts.op_timeout), (4, Duration::from_millis(250)));
+    assert_eq!((opts.batch_size, opts.batches), (8, 2));
     let (url, opts) = parse_url("postgres://u@h/db").unwrap();
     assert_eq!((url.as_str(), opts.pool_size), ("postgres://u@h/db", DEFAULT_POOL_SIZE));
 }
