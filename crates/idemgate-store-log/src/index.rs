@@ -36,7 +36,10 @@ pub(crate) struct Loc {
 
 /// Hashes a [`RecordId`] by its first eight bytes (they are already a keyed hash).
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
+
+/// A map keyed by record id, hashed with [`IdHasher`].
+pub(crate) type IdMap<V> = HashMap<RecordId, V, BuildHasherDefault<IdHasher>>;
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -63,7 +66,7 @@ struct Slot {
     len: u32,
 }
 
-type Shard = HashMap<RecordId, Slot, BuildHasherDefault<IdHasher>>;
+type Shard = IdMap<Slot>;
 
 /// What the index knows about one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

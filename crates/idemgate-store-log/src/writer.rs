@@ -24,7 +24,6 @@
 //! the file and every offset under the file lock. A crash before the rename leaves the old log
 //! (the temp file is removed at open), after it the new one.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -39,7 +38,7 @@ use idemgate_core::{
 use tokio::sync::oneshot;
 
 use crate::format::{self, Op, BATCH_HEAD, COMPACT_BATCH_BYTES, HEADER_LEN, MAGIC};
-use crate::index::{Loc, PurgeCursor};
+use crate::index::{IdMap, Loc, PurgeCursor};
 use crate::{LogError, LogOptions, Shared, COMPACT_FILE};
 
 /// Most operations committed with one write and one fsync.
@@ -143,7 +142,7 @@ fn answer(done: Vec<(Done, Option<Arc<ReplyQueue>>)>) {
 /// One batch's changes before they are durable: entries to append and the records they set
 /// (`None`: deleted).
 struct Pending {
-    overlay: HashMap<RecordId, Option<(Record, Loc)>>,
+    overlay: IdMap<Option<(Record, Loc)>>,
     buf: Vec<u8>,
     base: u64,
 }
@@ -154,7 +153,7 @@ impl Pending {
         let mut buf = Vec::new();
         format::begin_batch(&mut buf);
         Self {
-            overlay: HashMap::new(),
+            overlay: IdMap::default(),
             buf,
             base,
         }
@@ -420,7 +419,7 @@ impl Writer {
     }
 
     /// Makes the batch's durable changes visible.
-    fn publish(&mut self, overlay: HashMap<RecordId, Option<(Record, Loc)>>) {
+    fn publish(&mut self, overlay: IdMap<Option<(Record, Loc)>>) {
         for (id, change) in overlay {
             let old = match change {
                 Some((record, loc)) => {
