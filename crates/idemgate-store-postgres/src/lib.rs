@@ -875,11 +875,11 @@ impl Inner {
 
     /// Runs one batch of completions and answers each caller.
     async fn complete_batch(&self, mut batch: Vec<CompleteJob>) {
-        if let [job] = &batch[..] {
-            let outcome = self
-                .complete_one(job.id, job.token, &job.response, job.expires_at_ms)
-                .await;
+        if batch.len() == 1 {
             if let Some(job) = batch.pop() {
+                let outcome = self
+                    .complete_one(job.id, job.token, &job.response, job.expires_at_ms)
+                    .await;
                 drop(job.tx.send(outcome));
             }
             return;

@@ -263,6 +263,15 @@ async fn one_round_trip_per_operation() {
     assert_eq!(count(before), 3, "get, delete, purge");
 }
 
+/// A store that runs one statement of each kind at a time, its pooled connection made.
+async fn one_batch_at_a_time() -> PostgresStore {
+    let s = PostgresStore::connect(&format!("{}?batches=1", server().await.url()))
+        .await
+        .unwrap();
+    s.ping().await.unwrap();
+    s
+}
+
 /// Claims that wait behind a running statement share the next one, and each key in it is decided
 /// as if it were alone: a completed record replays, one in flight reports its lease, an expired
 /// lease is taken over, an absent key is taken, and a second claim of one key waits for the next
@@ -270,10 +279,7 @@ async fn one_round_trip_per_operation() {
 /// every claim is queued before the driver first runs.
 #[tokio::test]
 async fn queued_claims_share_one_statement_and_each_is_decided_alone() {
-    let s = PostgresStore::connect(&format!("{}?batches=1", server().await.url()))
-        .await
-        .unwrap();
-    s.ping().await.unwrap();
+    let s = one_batch_at_a_time().await;
     let now = time::now_ms();
     let [done, busy, expired, absent] = [random_id(), random_id(), random_id(), random_id()];
     let Claim::Acquired { token, .. } = s.claim(req(done, now, 10_000)).await.unwrap() else {
@@ -323,10 +329,7 @@ async fn queued_claims_share_one_statement_and_each_is_decided_alone() {
 /// longer the owner's is fenced off and changes nothing, the others are stored.
 #[tokio::test]
 async fn queued_completions_share_one_statement_and_fencing_holds_per_key() {
-    let s = PostgresStore::connect(&format!("{}?batches=1", server().await.url()))
-        .await
-        .unwrap();
-    s.ping().await.unwrap();
+    let s = one_batch_at_a_time().await;
     let now = time::now_ms();
     let ids = [random_id(), random_id(), random_id()];
     let mut tokens = Vec::new();
