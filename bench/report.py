@@ -82,9 +82,7 @@ def summarize(runs):
         rows = {}
         for t, rs in by.items():
             rounds = sorted(rs)
-            def ratio(base):
-                b = by.get(base, {})
-                return med([rs[r]["rps"] / b[r]["rps"] for r in rounds if r in b and b[r]["rps"] > 0])
+            ratio = lambda base: round_ratio(rw, w, t, base)
             rows[t] = {
                 "rps": med([rs[r]["rps"] for r in rounds]),
                 "per_round": [rs[r]["rps"] for r in rounds],
