@@ -51,21 +51,32 @@ pub enum Problem {
     StoreUnavailable,
     /// 503: the store is at capacity; nothing was forwarded.
     StoreFull,
+    /// 400: the request line or a header is not valid HTTP/1.1 (the server answers this one,
+    /// before any layer sees the request; the connection is closed).
+    MalformedRequest,
+    /// 431: the request line and headers are over the server's limit (connection closed).
+    HeadersTooLarge,
+    /// 414: the request target is over the server's limit (connection closed).
+    UriTooLong,
 }
 
 impl Problem {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Problem::InvalidKey(_) | Problem::MultipleKeys | Problem::MissingKey | Problem::UnreadableBody => {
-                StatusCode::BAD_REQUEST
-            }
+            Problem::InvalidKey(_)
+            | Problem::MultipleKeys
+            | Problem::MissingKey
+            | Problem::UnreadableBody
+            | Problem::MalformedRequest => StatusCode::BAD_REQUEST,
             Problem::Conflict { .. } => StatusCode::CONFLICT,
             Problem::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::UpstreamUnavailable | Problem::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Problem::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Problem::StoreUnavailable | Problem::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Problem::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -84,6 +95,9 @@ impl Problem {
             Problem::UpstreamTimeout { .. } => "upstream-timeout",
             Problem::StoreUnavailable => "store-unavailable",
             Problem::StoreFull => "store-full",
+            Problem::MalformedRequest => "malformed-request",
+            Problem::HeadersTooLarge => "headers-too-large",
+            Problem::UriTooLong => "uri-too-long",
         }
     }
 
@@ -101,6 +115,9 @@ impl Problem {
             Problem::UpstreamTimeout { .. } => "Upstream timed out",
             Problem::StoreUnavailable => "Idempotency store unavailable",
             Problem::StoreFull => "Idempotency store full",
+            Problem::MalformedRequest => "Malformed HTTP request",
+            Problem::HeadersTooLarge => "Request head too large",
+            Problem::UriTooLong => "Request URI too long",
         }
     }
 
@@ -118,6 +135,9 @@ impl Problem {
             Problem::UpstreamTimeout { .. } => "the upstream did not answer in time; the outcome is unknown, so the key stays locked until its lease ends".into(),
             Problem::StoreUnavailable => "the idempotency store cannot be reached; the request was not forwarded, retry with the same key".into(),
             Problem::StoreFull => "the idempotency store is at capacity; the request was not forwarded".into(),
+            Problem::MalformedRequest => "the request line or a header (or its Content-Length / Transfer-Encoding) is not valid HTTP/1.1; nothing was forwarded and the connection is closed".into(),
+            Problem::HeadersTooLarge => "the request line and headers are larger than the server accepts; nothing was forwarded and the connection is closed".into(),
+            Problem::UriTooLong => "the request target is longer than the server accepts; nothing was forwarded and the connection is closed".into(),
         }
     }
 

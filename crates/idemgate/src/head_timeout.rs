@@ -24,6 +24,8 @@ pub struct HeadClock {
     in_progress: AtomicU32,
     /// When the last response finished, in ms since `opened`.
     idle_since_ms: AtomicU64,
+    /// Responses finished so far (read by `parse_errors.rs`).
+    ended: AtomicU32,
 }
 
 impl HeadClock {
@@ -33,7 +35,18 @@ impl HeadClock {
             opened: Instant::now(),
             in_progress: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
+            ended: AtomicU32::new(0),
         })
+    }
+
+    /// Requests whose head has arrived and whose response is not finished.
+    pub fn in_progress(&self) -> u32 {
+        self.in_progress.load(Ordering::Acquire)
+    }
+
+    /// How many responses have finished on this connection (wrapping).
+    pub fn ended(&self) -> u32 {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// A request head has arrived: the connection is busy until the guard is dropped.
@@ -77,6 +90,7 @@ impl Busy {
         if let Some(clock) = self.0.take() {
             let ms = u64::try_from(clock.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
             clock.idle_since_ms.store(ms, Ordering::Release);
+            clock.ended.fetch_add(1, Ordering::AcqRel);
             clock.in_progress.fetch_sub(1, Ordering::AcqRel);
         }
     }

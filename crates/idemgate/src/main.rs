@@ -11,6 +11,7 @@ mod admin;
 mod demo;
 mod head_timeout;
 mod os;
+mod parse_errors;
 mod proxy;
 mod recorder;
 mod server;

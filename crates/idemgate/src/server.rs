@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::head_timeout::{Busy, Guarded, HeadClock};
+use crate::parse_errors::ProblemIo;
 use crate::proxy::Proxy;
 use crate::upstream::PooledBody;
 
@@ -176,7 +177,8 @@ pub async fn serve(listener: TcpListener, svc: GatewayService, shutdown: impl Fu
                 };
                 let _ = stream.set_nodelay(true);
                 let clock = HeadClock::new();
-                let conn = builder.serve_connection(TokioIo::new(stream), Conn::new(&svc, peer, clock.clone()));
+                let io = TokioIo::new(ProblemIo::new(stream, clock.clone()));
+                let conn = builder.serve_connection(io, Conn::new(&svc, peer, clock.clone()));
                 let conn = graceful.watch(conn);
                 let task = tokio::spawn(async move {
                     if let Err(e) = conn.await {
