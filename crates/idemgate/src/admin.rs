@@ -26,6 +26,9 @@ use idemgate_tower::{IdempotencyLayer, PROBLEM_BASE};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+use crate::head_timeout::{Guarded, HeadClock};
+use crate::parse_errors::ProblemIo;
+
 pub struct Admin {
     pub layer: IdempotencyLayer,
     pub token: Option<String>,
@@ -207,11 +210,16 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         let admin = admin.clone();
         tokio::spawn(async move {
+            // Requests are counted as the gateway's are, so that hyper's answers to unparsable
+            // ones become problem documents (`parse_errors.rs`).
+            let clock = HeadClock::new();
+            let io = TokioIo::new(ProblemIo::new(stream, clock.clone()));
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                let busy = clock.busy();
+                async move { Ok::<_, Infallible>(admin.handle(req).await.map(|body| Guarded::new(body, busy))) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new().serve_connection(io, svc).await;
         });
     }
 }

@@ -132,3 +132,27 @@ async fn responses_around_an_unparsable_request_pass_through_unchanged() {
     assert!(replay.contains(lookalike), "{replay}");
     assert_eq!(up.executions(), 2);
 }
+
+#[tokio::test]
+async fn the_admin_listener_answers_unparsable_requests_with_problem_documents_too() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = gw.admin.expect("the admin listener's address");
+    let response = exchange(admin, b"GET /healthz HTTP/1.1\r\nhost x\r\n\r\n").await;
+    assert_eq!(problem_slug(&response, 400), "malformed-request");
+    // A good request before a bad one on the same connection is answered as usual.
+    let response = exchange(admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nNOT HTTP\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    let second = &response[response[1..]
+        .find("HTTP/1.1 ")
+        .map(|at| at + 1)
+        .expect("a second response")..];
+    assert_eq!(problem_slug(second, 400), "malformed-request");
+}
