@@ -17,6 +17,9 @@
 //!   the socket's `poll_flush` only once its write buffer is empty, so this holds when no
 //!   response has ended ([`HeadClock::ended`]) since the last flush.
 //!
+//! Each answer counts as one `invalid` request in `idemgate_requests_total`. There is no access
+//! line, since there is no method or path to log.
+//!
 //! Any other write passes through untouched, and so does anything that does not match, such as
 //! a status this module does not know. At worst a client sees hyper's bare answer, as it would
 //! without this module.
@@ -26,7 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use idemgate_tower::Problem;
+use idemgate_tower::{Outcome, Problem};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::head_timeout::HeadClock;
@@ -70,6 +73,8 @@ impl<T> ProblemIo<T> {
             status = problem.status().as_u16(),
             "unparsable request; answered with a problem document"
         );
+        // Counted with the layer's outcomes, as the invalid requests it answers itself are.
+        metrics::counter!("idemgate_requests_total", "outcome" => Outcome::Invalid.as_str()).increment(1);
         self.replacement = Some((encode(&problem), 0));
         true
     }

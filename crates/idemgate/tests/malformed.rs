@@ -155,4 +155,13 @@ async fn the_admin_listener_answers_unparsable_requests_with_problem_documents_t
         .map(|at| at + 1)
         .expect("a second response")..];
     assert_eq!(problem_slug(second, 400), "malformed-request");
+
+    // Unparsable requests count as invalid: one on the gateway's listener, two on the admin's.
+    exchange(gw.addr, b"NOT HTTP\r\n\r\n").await;
+    let metrics = exchange(admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    let invalid = metrics
+        .lines()
+        .find(|l| l.starts_with("idemgate_requests_total{outcome=\"invalid\"}"))
+        .unwrap_or_else(|| panic!("the invalid counter: {metrics}"));
+    assert!(invalid.ends_with(" 3"), "{invalid}");
 }
