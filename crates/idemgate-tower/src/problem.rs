@@ -4,7 +4,7 @@
 //! docs/DESIGN.md lists them.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
 
@@ -161,12 +161,9 @@ impl Problem {
         })
     }
 
-    /// The problem as a response.
-    pub fn into_response<B>(self) -> Response<ResponseBody<B>> {
-        let body = Bytes::from(self.to_json().to_string());
-        let mut resp = Response::new(ResponseBody::full(body));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
+    /// The headers every answer with this problem carries (framing aside).
+    pub fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(3);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -175,6 +172,15 @@ impl Problem {
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        h
+    }
+
+    /// The problem as a response.
+    pub fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        let body = Bytes::from(self.to_json().to_string());
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.status_mut() = self.status();
+        *resp.headers_mut() = self.headers();
         resp
     }
 }

@@ -94,19 +94,31 @@ fn problem_for(head: &[u8]) -> Option<Problem> {
     }
 }
 
-/// `problem` as a whole HTTP/1.1 response that closes the connection.
+/// `problem` as a whole HTTP/1.1 response that closes the connection: the problem's own headers
+/// (`Problem::headers`, as every other problem answer has them) plus the framing.
 fn encode(problem: &Problem) -> Vec<u8> {
     let body = problem.to_json().to_string();
     let status = problem.status();
-    format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\n\
-         connection: close\r\ndate: {}\r\ncontent-length: {}\r\n\r\n{body}",
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
         status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-        body.len(),
+        status.canonical_reason().unwrap_or("")
     )
-    .into_bytes()
+    .into_bytes();
+    for (name, value) in &problem.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = format!(
+        "connection: close\r\ndate: {}\r\ncontent-length: {}\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        body.len()
+    );
+    out.extend_from_slice(framing.as_bytes());
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 impl<T: AsyncWrite + Unpin> ProblemIo<T> {
