@@ -59,10 +59,66 @@ fn field(h: &mut Sha256, tag: u8, bytes: &[u8]) {
     h.update(bytes);
 }
 
-/// `Some(canonical bytes)` when `body` is JSON. serde_json's default map is ordered by key.
+/// `Some(canonical bytes)` when `body` is JSON whose objects never repeat a key. serde_json's
+/// default map is ordered by key. A repeated key is left to the raw bytes: parsers disagree on
+/// which of its values counts, so `{"a":1,"a":2}` must not match `{"a":2}`.
 fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
+    serde_json::from_slice::<UniqueKeys>(body).ok()?;
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     serde_json::to_vec(&value).ok()
+}
+
+/// Deserializes any JSON and fails on an object that repeats a key (compared after unescaping).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON whose objects never repeat a key")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        // (With `arbitrary_precision`, a number arrives as a one-entry map; that is fine here.)
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key) {
+                return Err(serde::de::Error::custom("repeated object key"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(self)
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +165,25 @@ mod tests {
         assert_ne!(
             fp(&o, "POST", "/p", None, br#"{"n":0.1000000000000000000001}"#),
             fp(&o, "POST", "/p", None, br#"{"n":0.1}"#)
+        );
+        // A repeated key is hashed raw: parsers differ on which value counts.
+        let repeated = fp(&o, "POST", "/p", None, br#"{"a":1,"a":2}"#);
+        assert_ne!(repeated, fp(&o, "POST", "/p", None, br#"{"a":2}"#));
+        assert_ne!(repeated, fp(&o, "POST", "/p", None, br#"{"a":1}"#));
+        assert_ne!(
+            fp(&o, "POST", "/p", None, br#"{"x":[{"a":1,"\u0061":2}]}"#),
+            fp(&o, "POST", "/p", None, br#"{"x":[{"a":2}]}"#)
+        );
+        // Equal keys in different objects are not repeats; numbers still canonicalise.
+        assert_eq!(
+            fp(&o, "POST", "/p", None, br#"{"a":{"a":1.50},"b":{"a":[true,null,"s"]}}"#),
+            fp(
+                &o,
+                "POST",
+                "/p",
+                None,
+                br#"{ "b":{"a":[true, null, "s"]}, "a":{"a":1.50} }"#
+            )
         );
         // Not JSON: hashed as raw bytes, still deterministic.
         assert_eq!(

@@ -4,6 +4,12 @@
 //! addressed by `HMAC-SHA256(secret, len(scope) ‖ scope ‖ key)`. Two callers using the same key
 //! get two unrelated ids, and without the per-deployment secret nobody can tell from a store dump
 //! which caller a record belongs to. Every gateway of a fleet must share the secret.
+//!
+//! Scopes of different kinds never coincide, so one store with one secret can hold them all: a
+//! single header value never contains a NUL or a 0x01 byte; a header sent more than once is
+//! [`multi_value_scope`] (a NUL first); a run-once job's is [`job_scope`] (a fixed prefix with a
+//! NUL inside); an application's own value goes through [`custom_scope`], which puts a 0x01 before
+//! any value that begins like one of the others.
 
 use std::fmt;
 
@@ -53,6 +59,38 @@ pub fn random_secret() -> [u8; 32] {
         secret = h.finalize().into();
     }
     secret
+}
+
+/// The beginning of every run-once job's scope.
+pub const JOB_SCOPE_PREFIX: &[u8] = b"idemgate-jobs\0";
+
+/// The scope of run-once jobs in `namespace`.
+pub fn job_scope(namespace: &str) -> Vec<u8> {
+    let mut scope = JOB_SCOPE_PREFIX.to_vec();
+    scope.extend_from_slice(namespace.as_bytes());
+    scope
+}
+
+/// The scope of a request that carries its scope header more than once: a NUL byte, then each
+/// value after its length (u32, little-endian), so no two lists of values share a scope and none
+/// shares one with a single value.
+pub fn multi_value_scope<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut scope = vec![0u8];
+    for v in values {
+        scope.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        scope.extend_from_slice(v);
+    }
+    scope
+}
+
+/// The scope of a caller identity that an application computed: the value itself, unless it
+/// begins with a NUL, a 0x01 or [`JOB_SCOPE_PREFIX`]; such a value gets a 0x01 in front, so it can
+/// never be taken for a multi-value header's scope or a job's.
+pub fn custom_scope(mut value: Vec<u8>) -> Vec<u8> {
+    if matches!(value.first(), Some(0 | 1)) || value.starts_with(JOB_SCOPE_PREFIX) {
+        value.insert(0, 1);
+    }
+    value
 }
 
 /// Derives [`RecordId`]s from a per-deployment secret.
@@ -123,5 +161,28 @@ mod tests {
         );
         assert_ne!(ScopeHasher::new(b"other").check_value(), h.check_value());
         assert_ne!(ScopeHasher::random().check_value(), ScopeHasher::random().check_value());
+    }
+
+    #[test]
+    fn scope_kinds_never_coincide() {
+        let jobs = job_scope("default");
+        assert_eq!(jobs, b"idemgate-jobs\0default");
+        // A header sent twice, with the job prefix split over its two values.
+        let two = multi_value_scope([&b"idemgate-jobs"[..], b"default"]);
+        assert_ne!(two, jobs);
+        assert_eq!(two[0], 0);
+        // Value boundaries count: ("a", "bc") is not ("ab", "c"), nor one value "abc".
+        assert_ne!(
+            multi_value_scope([&b"a"[..], b"bc"]),
+            multi_value_scope([&b"ab"[..], b"c"])
+        );
+        assert_ne!(multi_value_scope([&b"abc"[..]]), b"abc");
+        // An application's value is kept, unless it looks like another kind.
+        assert_eq!(custom_scope(b"user-42".to_vec()), b"user-42");
+        assert_ne!(custom_scope(jobs.clone()), jobs);
+        assert_ne!(custom_scope(two.clone()), two);
+        let escaped = custom_scope(vec![1, 2]);
+        assert_eq!(escaped, [1, 1, 2]);
+        assert_ne!(custom_scope(escaped.clone()), escaped);
     }
 }

@@ -107,10 +107,6 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Prefix of every job scope. A NUL byte can never occur in an HTTP header value, so job records
-/// never share an id with the HTTP layer's records, even in one store with one secret.
-const SCOPE_PREFIX: &[u8] = b"idemgate-jobs\0";
-
 /// Domain tag of payload fingerprints.
 const FINGERPRINT_TAG: &[u8] = b"idemgate-jobs payload v1\0";
 
@@ -275,8 +271,7 @@ impl RunOnceBuilder {
 
     /// The configured [`RunOnce`].
     pub fn build(self) -> RunOnce {
-        let mut scope = SCOPE_PREFIX.to_vec();
-        scope.extend_from_slice(self.namespace.as_bytes());
+        let scope = idemgate_core::job_scope(&self.namespace);
         RunOnce {
             inner: Arc::new(Inner {
                 store: self.store,

@@ -107,6 +107,8 @@ where
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        // A panic may come after the claim, which then holds the key until its lease ends.
+        let lock_secs = policy.lease_ms.div_ceil(1000).max(1);
         let job = Protected {
             shared: self.shared.clone(),
             policy: policy.clone(),
@@ -129,11 +131,14 @@ where
         };
         // Combinators rather than an `async` block around `run`: the block would move the whole
         // state machine (about 1.8 KB) once more when first polled.
-        let guarded = AssertUnwindSafe(run).catch_unwind().map(|caught| match caught {
+        let guarded = AssertUnwindSafe(run).catch_unwind().map(move |caught| match caught {
             Ok(result) => result,
             Err(_) => {
-                tracing::error!("protected request panicked");
-                Ok(Problem::UpstreamFailed { retry_after_secs: 1 }.into_response())
+                tracing::error!("protected request panicked; its key stays locked until its lease ends");
+                Ok(Problem::UpstreamFailed {
+                    retry_after_secs: lock_secs,
+                }
+                .into_response())
             }
         });
         ResponseFuture::managed(Detach::new(Box::pin(guarded), self.shared.clone()))
@@ -550,17 +555,12 @@ fn scope_bytes<'a>(source: &ScopeSource, parts: &'a http::request::Parts) -> Cow
             match (values.next(), values.next()) {
                 (None, _) => Cow::Borrowed(&[]),
                 (Some(v), None) => Cow::Borrowed(v.as_bytes()),
-                (Some(v), Some(w)) => {
-                    let mut all = v.as_bytes().to_vec();
-                    for v in std::iter::once(w).chain(values) {
-                        all.push(0);
-                        all.extend_from_slice(v.as_bytes());
-                    }
-                    Cow::Owned(all)
-                }
+                (Some(v), Some(w)) => Cow::Owned(idemgate_core::multi_value_scope(
+                    [v, w].into_iter().chain(values).map(http::HeaderValue::as_bytes),
+                )),
             }
         }
-        ScopeSource::Custom(f) => Cow::Owned(f(parts).unwrap_or_default()),
+        ScopeSource::Custom(f) => Cow::Owned(f(parts).map(idemgate_core::custom_scope).unwrap_or_default()),
         ScopeSource::Global => Cow::Borrowed(&[]),
     }
 }

@@ -396,6 +396,21 @@ impl Settings {
             routes,
             ..d
         };
+        // A zero TTL would forget every response at once and a zero lease would let any repeat
+        // take over a running request: both would silently turn idempotency off.
+        let spans = [("ttl", Some(layer.ttl)), ("lock_timeout", Some(layer.lock_timeout))]
+            .into_iter()
+            .chain(layer.routes.iter().flat_map(|r| {
+                [
+                    ("route.ttl", r.overrides.ttl),
+                    ("route.lock_timeout", r.overrides.lock_timeout),
+                ]
+            }));
+        for (name, span) in spans {
+            if span.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(name)("must be longer than 0s".into()));
+            }
+        }
         let admin_token = match args.admin_token_file.or(file.admin_token_file) {
             Some(p) => {
                 let t = read_file(&p)?.trim().to_string();
@@ -437,10 +452,13 @@ impl Settings {
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             store: args.store.or(file.store).unwrap_or_else(|| "./idemgate-data".into()),
-            upstream_timeout: args
+            upstream_timeout: match args
                 .upstream_timeout
                 .or(dur("upstream_timeout", file.upstream_timeout)?)
-                .unwrap_or(Duration::from_secs(30)),
+            {
+                Some(d) if d.is_zero() => return Err(invalid("upstream_timeout")("must be longer than 0s".into())),
+                d => d.unwrap_or(Duration::from_secs(30)),
+            },
             admin_listen: args.admin_listen.or(file.admin_listen),
             admin_token,
             log_json: log_format == "json",
@@ -525,6 +543,63 @@ fingerprint = { canonical_json = true }
             Settings::resolve(ServeArgs::default()),
             Err(SettingsError::NoUpstream)
         ));
+    }
+
+    #[test]
+    fn zero_spans_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idemgate.toml");
+        let resolve = |file: &str, args: ServeArgs| {
+            std::fs::write(&path, format!("upstream = \"http://x\"\n{file}")).unwrap();
+            Settings::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..args
+            })
+        };
+        let zero = Some(Duration::ZERO);
+        for (args, name) in [
+            (
+                ServeArgs {
+                    ttl: zero,
+                    ..Default::default()
+                },
+                "`ttl`",
+            ),
+            (
+                ServeArgs {
+                    lock_timeout: zero,
+                    ..Default::default()
+                },
+                "`lock_timeout`",
+            ),
+            (
+                ServeArgs {
+                    upstream_timeout: zero,
+                    ..Default::default()
+                },
+                "`upstream_timeout`",
+            ),
+        ] {
+            let err = resolve("", args).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("longer than 0s"), "{err}");
+        }
+        let route = "[[route]]\nprefix = \"/p\"\nlock_timeout = \"0s\"\n";
+        let err = resolve(route, ServeArgs::default()).unwrap_err().to_string();
+        assert!(err.contains("`route.lock_timeout`"), "{err}");
+        let route = "[[route]]\nprefix = \"/p\"\nttl = \"0ms\"\n";
+        let err = resolve(route, ServeArgs::default()).unwrap_err().to_string();
+        assert!(err.contains("`route.ttl`"), "{err}");
+        // Short but not zero is allowed, and wait_in_flight = 0s still means "off".
+        let s = resolve(
+            "wait_in_flight = \"0s\"\n",
+            ServeArgs {
+                lock_timeout: Some(Duration::from_millis(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.layer.lock_timeout, Duration::from_millis(1));
+        assert_eq!(s.layer.wait_in_flight, None);
     }
 
     #[test]
