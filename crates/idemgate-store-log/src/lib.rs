@@ -42,6 +42,10 @@
 //! - **Failures.** A failed write fails its batch ([`StoreError::Backend`]) and is truncated
 //!   away; a failed fsync (or a failed truncation) stops the store: every later operation gets
 //!   [`StoreError::Unavailable`] saying why, and a restart recovers from the log.
+//! - **Stalls.** A caller waits at most [`LogOptions::op_timeout`] for the writer
+//!   ([`StoreError::Timeout`]; the operation may still be applied afterwards, as with a network
+//!   store's timeout), and `ping` fails while the writer has been in one batch (or compaction)
+//!   for longer than that, so a stalled disk turns readiness off instead of hanging requests.
 
 #![deny(missing_docs)]
 
@@ -86,6 +90,9 @@ pub struct LogOptions {
     /// bytes past the batch's end (see the crate docs). Default 4 MiB; 0 turns preallocation off
     /// (every batch then grows the file).
     pub prealloc_bytes: u64,
+    /// The longest a caller waits for the writer to make its operation durable. Default 30 s:
+    /// far above a healthy disk's batch (milliseconds) and a compaction of a large log (seconds).
+    pub op_timeout: std::time::Duration,
 }
 
 /// The default [`LogOptions::prealloc_bytes`].
@@ -96,6 +103,7 @@ impl Default for LogOptions {
         Self {
             compact_min_bytes: 64 << 20,
             prealloc_bytes: PREALLOC,
+            op_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -196,6 +204,11 @@ pub(crate) struct Shared {
     /// entry once. Filled by reads under the file's read lock, emptied by compaction under its
     /// write lock.
     pub(crate) hot: hot::HotEntries,
+    /// When the writer took up its current batch (Unix ms), 0 while it waits for work.
+    pub(crate) busy_since_ms: AtomicU64,
+    /// Set by a test to stall the writer before its next batch, as a hung disk would.
+    #[cfg(test)]
+    pub(crate) stall: AtomicBool,
 }
 
 impl Shared {
@@ -206,6 +219,19 @@ impl Shared {
                 "the embedded store stopped after a failure: {why}; restart to recover from the log"
             ))
         })
+    }
+
+    /// `status`, and whether the writer has been stuck in one batch for longer than `limit`.
+    pub(crate) fn health(&self, limit: std::time::Duration) -> Result<(), StoreError> {
+        self.status()?;
+        let since = self.busy_since_ms.load(Ordering::Relaxed);
+        let busy = idemgate_core::time::now_ms().saturating_sub(since);
+        if since != 0 && u128::from(busy) > limit.as_millis() {
+            return Err(StoreError::Unavailable(format!(
+                "the embedded store's writer has been in one batch for {busy} ms (a stalled disk?)"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn status(&self) -> Result<(), StoreError> {
@@ -283,6 +309,7 @@ fn gone() -> StoreError {
 /// The embedded durable store (see the crate docs).
 pub struct LogStore {
     shared: Arc<Shared>,
+    op_timeout: std::time::Duration,
     tx: Mutex<Option<mpsc::Sender<Envelope>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     /// Holds the directory's lock while the store is open.
@@ -419,7 +446,11 @@ impl LogStore {
             dir: dir.to_path_buf(),
             path,
             hot: hot::HotEntries::default(),
+            busy_since_ms: AtomicU64::new(0),
+            #[cfg(test)]
+            stall: AtomicBool::new(false),
         });
+        let op_timeout = options.op_timeout;
         let writer = Writer::new(shared.clone(), file, file_len, live_bytes, options);
         let (tx, rx) = mpsc::channel();
         let handle = thread::Builder::new()
@@ -432,6 +463,7 @@ impl LogStore {
             })?;
         Ok(Self {
             shared,
+            op_timeout,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             _lock: lock,
@@ -463,7 +495,14 @@ impl LogStore {
         if !self.send(make(tx)) {
             return Err(gone());
         }
-        rx.await.unwrap_or_else(|_| Err(gone()))
+        self.reply(rx).await?.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// The writer's answer, or [`StoreError::Timeout`] after [`LogOptions::op_timeout`].
+    async fn reply<T>(&self, rx: oneshot::Receiver<T>) -> Result<Result<T, oneshot::error::RecvError>, StoreError> {
+        tokio::time::timeout(self.op_timeout, rx)
+            .await
+            .map_err(|_| StoreError::Timeout(self.op_timeout))
     }
 
     fn send(&self, op: Request) -> bool {
@@ -511,7 +550,7 @@ impl Store for LogStore {
             if !self.send(Request::Complete(id, token, response, expires_at_ms, tx)) {
                 return Err(gone().into());
             }
-            rx.await.unwrap_or_else(|_| Err(gone().into()))
+            self.reply(rx).await?.unwrap_or_else(|_| Err(gone().into()))
         })
     }
 
@@ -535,7 +574,7 @@ impl Store for LogStore {
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(std::future::ready(self.shared.status()))
+        Box::pin(std::future::ready(self.shared.health(self.op_timeout)))
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -546,5 +585,59 @@ impl Store for LogStore {
 
     fn len_hint(&self) -> Option<u64> {
         Some(self.shared.index.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use idemgate_core::Fingerprint;
+
+    use super::*;
+
+    /// Polls `ping` until it gives `ok`; bounded.
+    async fn ping_until(store: &LogStore, ok: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_ok() != ok {
+            assert!(tokio::time::Instant::now() < deadline, "ping never became ok = {ok}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_writer_times_callers_out_and_turns_ping_off_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = Duration::from_millis(200);
+        let options = LogOptions {
+            op_timeout: limit,
+            ..LogOptions::default()
+        };
+        let store = LogStore::open_with(dir.path(), options).unwrap();
+        store.ping().await.unwrap();
+        let claim = ClaimRequest {
+            id: RecordId([7; 32]),
+            fingerprint: Fingerprint([1; 32]),
+            now_ms: idemgate_core::time::now_ms(),
+            lease_ms: 60_000,
+        };
+        store.shared.stall.store(true, Ordering::SeqCst);
+        let err = tokio::time::timeout(Duration::from_secs(10), store.claim(claim))
+            .await
+            .expect("the caller's wait is bounded")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Timeout(d) if d == limit), "{err}");
+        // The writer is stuck in the batch holding that claim: readiness turns off.
+        ping_until(&store, false).await;
+        assert!(store.ping().await.unwrap_err().to_string().contains("stalled disk"));
+        // The disk comes back: the batch goes through and nothing is lost. The claim whose caller
+        // timed out was applied, so the key is in flight (until its lease ends).
+        store.shared.stall.store(false, Ordering::SeqCst);
+        ping_until(&store, true).await;
+        let again = store.claim(claim).await.unwrap();
+        assert!(matches!(again, Claim::InFlight { .. }), "{again:?}");
+        drop(store);
+        let reopened = LogStore::open(dir.path()).unwrap();
+        assert!(reopened.get(RecordId([7; 32])).await.unwrap().is_some(), "durable");
     }
 }

@@ -232,8 +232,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let since = idemgate_core::time::now_ms().max(1);
+            self.shared.busy_since_ms.store(since, Ordering::Relaxed);
+            #[cfg(test)]
+            while self.shared.stall.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             self.batch(&mut batch);
             self.maybe_compact();
+            self.shared.busy_since_ms.store(0, Ordering::Relaxed);
         }
     }
 

@@ -50,6 +50,10 @@ impl Waiters {
 
     /// Registers a waiter, or `None` when the key already has `max_per_key` waiters.
     pub(crate) fn register(&self, id: RecordId) -> Option<Waiting<'_>> {
+        if self.max_per_key == 0 {
+            // Before the entry is made: a refused waiter must not leave one behind.
+            return None;
+        }
         let mut shard = self.shard(&id);
         let (notify, count) = shard.entry(id).or_default();
         if *count >= self.max_per_key {
@@ -123,5 +127,17 @@ mod tests {
             "no entry outlives its waiters"
         );
         assert_eq!(w.registered.load(Ordering::Relaxed), 0, "wake() skips the shards again");
+    }
+
+    #[test]
+    fn no_waiters_allowed_leaves_no_entry() {
+        let w = Waiters::new(0);
+        for i in 0..100u8 {
+            assert!(w.register(RecordId([i; 32])).is_none());
+        }
+        assert!(
+            w.shards.iter().all(|s| s.lock().unwrap().is_empty()),
+            "nothing kept per key"
+        );
     }
 }
