@@ -68,8 +68,41 @@ fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&value).ok()
 }
 
-/// Deserializes any JSON and fails on an object that repeats a key (compared after unescaping).
+/// Deserializes any JSON and fails on an object that repeats a key (compared after unescaping),
+/// or that uses a key serde_json keeps for itself.
 struct UniqueKeys;
+
+/// The start of the object keys serde_json uses for its own values.
+const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
+
+/// The key under which serde_json (`arbitrary_precision`) passes a number's digits.
+const NUMBER_KEY: &str = "$serde_json::private::Number";
+
+/// A number's digits as serde_json passes them: only an owned string is accepted.
+struct NumberDigits;
+
+impl<'de> serde::Deserialize<'de> for NumberDigits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberDigits)
+    }
+}
+
+impl serde::de::Visitor<'_> for NumberDigits {
+    type Value = NumberDigits;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number's digits from serde_json")
+    }
+
+    fn visit_string<E>(self, _: String) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    /// A string from the body itself (the parser's borrowed or copied strings come here).
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self, E> {
+        Err(E::invalid_type(serde::de::Unexpected::Str(s), &self))
+    }
+}
 
 impl<'de> serde::Deserialize<'de> for UniqueKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -109,9 +142,20 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeys {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        // (With `arbitrary_precision`, a number arrives as a one-entry map; that is fine here.)
         let mut keys = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
+            if key.starts_with(SERDE_JSON_PRIVATE) {
+                // With `arbitrary_precision`, serde_json hands a number over as a one-entry map
+                // under its private key, the digits as an owned string; its parser gives a JSON
+                // string as a borrowed or copied `str`, never owned. So a body that spells the
+                // key out is refused here, or `Value` would read `{"$serde_json::private::Number":
+                // "2"}` as the number 2 (and a `RawValue` key as embedded JSON).
+                if key != NUMBER_KEY {
+                    return Err(serde::de::Error::custom("reserved object key"));
+                }
+                map.next_value::<NumberDigits>()?;
+                continue;
+            }
             if !keys.insert(key) {
                 return Err(serde::de::Error::custom("repeated object key"));
             }
@@ -174,6 +218,20 @@ mod tests {
             fp(&o, "POST", "/p", None, br#"{"x":[{"a":1,"\u0061":2}]}"#),
             fp(&o, "POST", "/p", None, br#"{"x":[{"a":2}]}"#)
         );
+        // serde_json's private keys spelled out in a body are not numbers (nor raw JSON).
+        for spelled in [
+            &br#"{"a":{"$serde_json::private::Number":"2"}}"#[..],
+            br#"{"a":{"\u0024serde_json::private::Number":"2"}}"#,
+            br#"{"a":{"$serde_json::private::Number":2}}"#,
+            br#"{"a":{"$serde_json::private::RawValue":"2"}}"#,
+        ] {
+            assert_ne!(
+                fp(&o, "POST", "/p", None, spelled),
+                fp(&o, "POST", "/p", None, br#"{"a":2}"#)
+            );
+            assert_eq!(canonical_json(spelled), None, "{}", String::from_utf8_lossy(spelled));
+        }
+        assert_eq!(canonical_json(br#"{"a":2.50}"#).as_deref(), Some(&br#"{"a":2.50}"#[..]));
         // Equal keys in different objects are not repeats; numbers still canonicalise.
         assert_eq!(
             fp(&o, "POST", "/p", None, br#"{"a":{"a":1.50},"b":{"a":[true,null,"s"]}}"#),

@@ -25,5 +25,5 @@ pub use key::{parse_key, IdempotencyKey, KeyError};
 pub use memory::MemoryStore;
 pub use record::{Claim, ClaimRequest, FencingToken, Record};
 pub use response::StoredResponse;
-pub use scope::{custom_scope, job_scope, multi_value_scope, RecordId, ScopeHasher};
+pub use scope::{custom_scope, header_scope, job_scope, multi_value_scope, RecordId, ScopeHasher};
 pub use store::{BoxFuture, CompleteError, Purged, Store, StoreError};

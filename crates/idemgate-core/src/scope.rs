@@ -5,12 +5,14 @@
 //! get two unrelated ids, and without the per-deployment secret nobody can tell from a store dump
 //! which caller a record belongs to. Every gateway of a fleet must share the secret.
 //!
-//! Scopes of different kinds never coincide, so one store with one secret can hold them all: a
-//! single header value never contains a NUL or a 0x01 byte; a header sent more than once is
-//! [`multi_value_scope`] (a NUL first); a run-once job's is [`job_scope`] (a fixed prefix with a
-//! NUL inside); an application's own value goes through [`custom_scope`], which puts a 0x01 before
-//! any value that begins like one of the others.
+//! Scopes of different kinds never coincide, so HTTP records and run-once jobs can share a store
+//! and a secret: a single header value never contains a NUL or a 0x01 byte; a header sent more
+//! than once is [`multi_value_scope`] (a NUL first); a run-once job's is [`job_scope`] (a fixed
+//! prefix with a NUL inside); an application's own value goes through [`custom_scope`], which puts
+//! a 0x01 before any value that begins like a multi-value or job scope. A custom value and a
+//! single header value share one space on purpose (a custom function may return the raw header).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
@@ -69,6 +71,19 @@ pub fn job_scope(namespace: &str) -> Vec<u8> {
     let mut scope = JOB_SCOPE_PREFIX.to_vec();
     scope.extend_from_slice(namespace.as_bytes());
     scope
+}
+
+/// The scope a request's scope header gives, from all its values in order: none is the anonymous
+/// (empty) scope, one is its raw bytes, more are [`multi_value_scope`].
+pub fn header_scope<'a>(values: impl IntoIterator<Item = &'a http::HeaderValue>) -> Cow<'a, [u8]> {
+    let mut values = values.into_iter();
+    match (values.next(), values.next()) {
+        (None, _) => Cow::Borrowed(&[]),
+        (Some(v), None) => Cow::Borrowed(v.as_bytes()),
+        (Some(v), Some(w)) => Cow::Owned(multi_value_scope(
+            [v, w].into_iter().chain(values).map(http::HeaderValue::as_bytes),
+        )),
+    }
 }
 
 /// The scope of a request that carries its scope header more than once: a NUL byte, then each

@@ -46,6 +46,8 @@
 //!   ([`StoreError::Timeout`]; the operation may still be applied afterwards, as with a network
 //!   store's timeout), and `ping` fails while the writer has been in one batch (or compaction)
 //!   for longer than that, so a stalled disk turns readiness off instead of hanging requests.
+//!   Reads of completed records (`get`, a claim's replay) are not bounded: they read the log
+//!   file in the caller's thread, from the page cache unless the entry was evicted.
 
 #![deny(missing_docs)]
 
@@ -112,6 +114,14 @@ impl Default for LogOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
+    /// A [`LogOptions`] value cannot work.
+    #[error("invalid store option `{name}`: {why}")]
+    InvalidOption {
+        /// The option.
+        name: &'static str,
+        /// Why.
+        why: &'static str,
+    },
     /// The directory could not be created.
     #[error("cannot create store directory {path}: {source}")]
     Dir {
@@ -188,6 +198,11 @@ impl LogError {
 }
 
 /// What the store's users and its writer thread share.
+/// The writer is a plain thread, and a test's paused tokio clock must not move its stall
+/// detector: this is the real monotonic clock.
+#[allow(clippy::disallowed_types)]
+pub(crate) type MonotonicClock = std::time::Instant;
+
 pub(crate) struct Shared {
     pub(crate) index: Index,
     /// The current log file. Readers hold the read lock from the index lookup until the entry is
@@ -204,8 +219,10 @@ pub(crate) struct Shared {
     /// entry once. Filled by reads under the file's read lock, emptied by compaction under its
     /// write lock.
     pub(crate) hot: hot::HotEntries,
-    /// When the writer took up its current batch (Unix ms), 0 while it waits for work.
+    /// When the writer took up its current batch ([`Shared::clock_ms`]), 0 while it waits.
     pub(crate) busy_since_ms: AtomicU64,
+    /// The origin of [`Shared::clock_ms`].
+    pub(crate) opened: MonotonicClock,
     /// Set by a test to stall the writer before its next batch, as a hung disk would.
     #[cfg(test)]
     pub(crate) stall: AtomicBool,
@@ -221,11 +238,17 @@ impl Shared {
         })
     }
 
+    /// Milliseconds since the store opened, plus one (so that 0 can mean "idle"), on the real
+    /// monotonic clock: wall-clock steps must not hide a stall or invent one.
+    pub(crate) fn clock_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
     /// `status`, and whether the writer has been stuck in one batch for longer than `limit`.
     pub(crate) fn health(&self, limit: std::time::Duration) -> Result<(), StoreError> {
         self.status()?;
         let since = self.busy_since_ms.load(Ordering::Relaxed);
-        let busy = idemgate_core::time::now_ms().saturating_sub(since);
+        let busy = self.clock_ms().saturating_sub(since);
         if since != 0 && u128::from(busy) > limit.as_millis() {
             return Err(StoreError::Unavailable(format!(
                 "the embedded store's writer has been in one batch for {busy} ms (a stalled disk?)"
@@ -332,6 +355,12 @@ impl LogStore {
 
     /// Opens (or creates) the store in `dir`, recovering the index from its log.
     pub fn open_with(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self, OpenError> {
+        if options.op_timeout.is_zero() {
+            return Err(OpenError::InvalidOption {
+                name: "op_timeout",
+                why: "must be longer than 0s",
+            });
+        }
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
             path: dir.to_path_buf(),
@@ -447,6 +476,7 @@ impl LogStore {
             path,
             hot: hot::HotEntries::default(),
             busy_since_ms: AtomicU64::new(0),
+            opened: MonotonicClock::now(),
             #[cfg(test)]
             stall: AtomicBool::new(false),
         });
@@ -639,5 +669,15 @@ mod tests {
         drop(store);
         let reopened = LogStore::open(dir.path()).unwrap();
         assert!(reopened.get(RecordId([7; 32])).await.unwrap().is_some(), "durable");
+        drop(reopened);
+        let zero = LogOptions {
+            op_timeout: Duration::ZERO,
+            ..LogOptions::default()
+        };
+        let err = LogStore::open_with(dir.path(), zero).unwrap_err();
+        assert!(
+            matches!(err, OpenError::InvalidOption { name: "op_timeout", .. }),
+            "{err}"
+        );
     }
 }

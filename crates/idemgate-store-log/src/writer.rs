@@ -232,7 +232,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let since = idemgate_core::time::now_ms().max(1);
+            let since = self.shared.clock_ms();
             self.shared.busy_since_ms.store(since, Ordering::Relaxed);
             #[cfg(test)]
             while self.shared.stall.load(Ordering::SeqCst) {

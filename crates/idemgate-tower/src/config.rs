@@ -182,8 +182,8 @@ impl Policies {
         let default = Policy {
             enabled: true,
             methods: cfg.methods.clone(),
-            ttl_ms: cfg.ttl.as_millis() as u64,
-            lease_ms: cfg.lock_timeout.as_millis() as u64,
+            ttl_ms: millis(cfg.ttl),
+            lease_ms: millis(cfg.lock_timeout),
             require_key: cfg.require_key,
             fingerprint: cfg.fingerprint.clone(),
             release_statuses: cfg.release_statuses.clone(),
@@ -197,8 +197,8 @@ impl Policies {
                 let p = Policy {
                     enabled: o.enabled.unwrap_or(true),
                     methods: o.methods.clone().unwrap_or_else(|| default.methods.clone()),
-                    ttl_ms: o.ttl.map_or(default.ttl_ms, |d| d.as_millis() as u64),
-                    lease_ms: o.lock_timeout.map_or(default.lease_ms, |d| d.as_millis() as u64),
+                    ttl_ms: o.ttl.map_or(default.ttl_ms, millis),
+                    lease_ms: o.lock_timeout.map_or(default.lease_ms, millis),
                     require_key: o.require_key.unwrap_or(default.require_key),
                     fingerprint: o.fingerprint.clone().unwrap_or_else(|| default.fingerprint.clone()),
                     release_statuses: o
@@ -230,6 +230,12 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+}
+
+/// A TTL or lease in whole milliseconds, at least 1: a zero would forget every response at once
+/// or let any repeat take over a running request.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]
@@ -268,5 +274,24 @@ mod tests {
         );
         assert!(p.for_path("/").protects(&Method::POST));
         assert!(!p.for_path("/").protects(&Method::PUT));
+    }
+
+    #[test]
+    fn spans_under_a_millisecond_count_as_one() {
+        let cfg = IdempotencyConfig {
+            ttl: Duration::from_micros(500),
+            lock_timeout: Duration::ZERO,
+            routes: vec![RoutePolicy {
+                prefix: "/p".into(),
+                overrides: PolicyOverrides {
+                    lock_timeout: Some(Duration::from_nanos(1)),
+                    ..Default::default()
+                },
+            }],
+            ..Default::default()
+        };
+        let p = Policies::resolve(&cfg);
+        assert_eq!((p.for_path("/").ttl_ms, p.for_path("/").lease_ms), (1, 1));
+        assert_eq!(p.for_path("/p/1").lease_ms, 1);
     }
 }

@@ -134,7 +134,9 @@ where
         let guarded = AssertUnwindSafe(run).catch_unwind().map(move |caught| match caught {
             Ok(result) => result,
             Err(_) => {
-                tracing::error!("protected request panicked; its key stays locked until its lease ends");
+                tracing::error!(
+                    "protected request panicked; if it had claimed its key, the key stays locked until its lease ends"
+                );
                 Ok(Problem::UpstreamFailed {
                     retry_after_secs: lock_secs,
                 }
@@ -550,16 +552,7 @@ fn is_event_stream(h: &http::HeaderMap) -> bool {
 /// The caller identity a key is scoped to.
 fn scope_bytes<'a>(source: &ScopeSource, parts: &'a http::request::Parts) -> Cow<'a, [u8]> {
     match source {
-        ScopeSource::Header(name) => {
-            let mut values = parts.headers.get_all(name).iter();
-            match (values.next(), values.next()) {
-                (None, _) => Cow::Borrowed(&[]),
-                (Some(v), None) => Cow::Borrowed(v.as_bytes()),
-                (Some(v), Some(w)) => Cow::Owned(idemgate_core::multi_value_scope(
-                    [v, w].into_iter().chain(values).map(http::HeaderValue::as_bytes),
-                )),
-            }
-        }
+        ScopeSource::Header(name) => idemgate_core::header_scope(parts.headers.get_all(name)),
         ScopeSource::Custom(f) => Cow::Owned(f(parts).map(idemgate_core::custom_scope).unwrap_or_default()),
         ScopeSource::Global => Cow::Borrowed(&[]),
     }

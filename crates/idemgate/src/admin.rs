@@ -140,8 +140,10 @@ impl Admin {
                 )
             }
         };
-        let scope = req.headers().get("idemgate-scope").map_or(&b""[..], |v| v.as_bytes());
-        let id = self.layer.record_id(scope, &key);
+        // The caller's scope header as it sent it, every value (a header sent twice has a
+        // scope of its own).
+        let scope = idemgate_core::header_scope(req.headers().get_all("idemgate-scope"));
+        let id = self.layer.record_id(&scope, &key);
         let store = self.layer.store();
         if req.method() == Method::DELETE {
             return match store.delete(id).await {

@@ -397,7 +397,8 @@ impl Settings {
             ..d
         };
         // A zero TTL would forget every response at once and a zero lease would let any repeat
-        // take over a running request: both would silently turn idempotency off.
+        // take over a running request: both would silently turn idempotency off. The layer
+        // counts both in milliseconds, so less than 1 ms is zero.
         let spans = [("ttl", Some(layer.ttl)), ("lock_timeout", Some(layer.lock_timeout))]
             .into_iter()
             .chain(layer.routes.iter().flat_map(|r| {
@@ -407,8 +408,8 @@ impl Settings {
                 ]
             }));
         for (name, span) in spans {
-            if span.is_some_and(|d| d.is_zero()) {
-                return Err(invalid(name)("must be longer than 0s".into()));
+            if span.is_some_and(|d| d < Duration::from_millis(1)) {
+                return Err(invalid(name)("must be at least 1ms".into()));
             }
         }
         let admin_token = match args.admin_token_file.or(file.admin_token_file) {
@@ -456,7 +457,9 @@ impl Settings {
                 .upstream_timeout
                 .or(dur("upstream_timeout", file.upstream_timeout)?)
             {
-                Some(d) if d.is_zero() => return Err(invalid("upstream_timeout")("must be longer than 0s".into())),
+                Some(d) if d < Duration::from_millis(1) => {
+                    return Err(invalid("upstream_timeout")("must be at least 1ms".into()))
+                }
                 d => d.unwrap_or(Duration::from_secs(30)),
             },
             admin_listen: args.admin_listen.or(file.admin_listen),
@@ -581,12 +584,12 @@ fingerprint = { canonical_json = true }
             ),
         ] {
             let err = resolve("", args).unwrap_err().to_string();
-            assert!(err.contains(name) && err.contains("longer than 0s"), "{err}");
+            assert!(err.contains(name) && err.contains("at least 1ms"), "{err}");
         }
         let route = "[[route]]\nprefix = \"/p\"\nlock_timeout = \"0s\"\n";
         let err = resolve(route, ServeArgs::default()).unwrap_err().to_string();
         assert!(err.contains("`route.lock_timeout`"), "{err}");
-        let route = "[[route]]\nprefix = \"/p\"\nttl = \"0ms\"\n";
+        let route = "[[route]]\nprefix = \"/p\"\nttl = \"500us\"\n";
         let err = resolve(route, ServeArgs::default()).unwrap_err().to_string();
         assert!(err.contains("`route.ttl`"), "{err}");
         // Short but not zero is allowed, and wait_in_flight = 0s still means "off".

@@ -177,6 +177,33 @@ async fn admin_health_readiness_metrics_and_key_api() {
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
+    // A caller that sent its scope header twice is looked up with both values, in order.
+    let twice = [
+        ("idempotency-key", "adm-2"),
+        ("authorization", "Bearer frank"),
+        ("authorization", "tenant-7"),
+    ];
+    assert_eq!(http.send("POST", &gw.url("/pay"), &twice, "{}").await.status, 201);
+    let token = ("authorization", "Bearer s3cret-admin-token-0123");
+    let both = [
+        token,
+        ("idemgate-scope", "Bearer frank"),
+        ("idemgate-scope", "tenant-7"),
+    ];
+    let got = http.send("GET", &gw.admin_url("/keys/adm-2"), &both, "").await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    for partial in [
+        &[token, ("idemgate-scope", "Bearer frank")][..],
+        &[
+            token,
+            ("idemgate-scope", "tenant-7"),
+            ("idemgate-scope", "Bearer frank"),
+        ],
+    ] {
+        http.send("GET", &gw.admin_url("/keys/adm-2"), partial, "")
+            .await
+            .assert_problem(404, "key-not-found");
+    }
     // Without a token file the key API is off.
     let open = Gateway::start(&[
         "--upstream",
