@@ -46,6 +46,9 @@
 //!   ([`StoreError::Timeout`]; the operation may still be applied afterwards, as with a network
 //!   store's timeout), and `ping` fails while the writer has been in one batch (or compaction)
 //!   for longer than that, so a stalled disk turns readiness off instead of hanging requests.
+//!   A claim, delete or purge that the writer reaches after its caller gave up is answered
+//!   without being applied (a late claim would lock a key whose request was already refused);
+//!   a completion or release is applied however late, since it only settles a key.
 //!   Reads of completed records (`get`, a claim's replay) are not bounded: they read the log
 //!   file in the caller's thread, from the page cache unless the entry was evicted.
 
@@ -539,6 +542,10 @@ impl LogStore {
         let envelope = Envelope {
             op,
             reply_to: idemgate_core::reply::ReplyQueue::current(),
+            deadline_ms: self
+                .shared
+                .clock_ms()
+                .saturating_add(u64::try_from(self.op_timeout.as_millis()).unwrap_or(u64::MAX)),
         };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         tx.as_ref().is_some_and(|tx| tx.send(envelope).is_ok())
@@ -660,15 +667,34 @@ mod tests {
         // The writer is stuck in the batch holding that claim: readiness turns off.
         ping_until(&store, false).await;
         assert!(store.ping().await.unwrap_err().to_string().contains("stalled disk"));
-        // The disk comes back: the batch goes through and nothing is lost. The claim whose caller
-        // timed out was applied, so the key is in flight (until its lease ends).
+        // A completion queued behind the stall is applied however late; first, a key to complete.
+        let done = RecordId([8; 32]);
+        let owned = ClaimRequest { id: done, ..claim };
+        store.shared.stall.store(false, Ordering::SeqCst);
+        let Claim::Acquired { token, .. } = store.claim(owned).await.unwrap() else {
+            panic!("a fresh key is acquired")
+        };
+        store.shared.stall.store(true, Ordering::SeqCst);
+        let response =
+            StoredResponse::builder(http::StatusCode::CREATED, &http::HeaderMap::new(), |_| true, 0).finish();
+        let expires = idemgate_core::time::now_ms() + 60_000;
+        let err = store.complete(done, token, response, expires).await.unwrap_err();
+        assert!(matches!(err, CompleteError::Store(StoreError::Timeout(_))), "{err}");
+        // The disk comes back: nothing is lost. The claim whose caller timed out was dropped,
+        // not applied, so its key is free; the late completion was recorded.
         store.shared.stall.store(false, Ordering::SeqCst);
         ping_until(&store, true).await;
         let again = store.claim(claim).await.unwrap();
-        assert!(matches!(again, Claim::InFlight { .. }), "{again:?}");
+        assert!(matches!(again, Claim::Acquired { .. }), "{again:?}");
+        let completed = store.claim(owned).await.unwrap();
+        assert!(matches!(completed, Claim::Completed { .. }), "{completed:?}");
         drop(store);
         let reopened = LogStore::open(dir.path()).unwrap();
         assert!(reopened.get(RecordId([7; 32])).await.unwrap().is_some(), "durable");
+        assert!(matches!(
+            reopened.get(done).await.unwrap(),
+            Some(Record::Completed { .. })
+        ));
         drop(reopened);
         let zero = LogOptions {
             op_timeout: Duration::ZERO,

@@ -61,6 +61,8 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(crate) struct Envelope {
     pub(crate) op: Request,
     pub(crate) reply_to: Option<Arc<ReplyQueue>>,
+    /// When the caller stops waiting (`Shared::clock_ms`).
+    pub(crate) deadline_ms: u64,
 }
 
 /// An operation for the writer.
@@ -108,6 +110,12 @@ impl Done {
 }
 
 impl Request {
+    /// Whether a late operation is dropped rather than applied: a completion or release only
+    /// settles a key, so it is applied however late.
+    fn may_lapse(&self) -> bool {
+        matches!(self, Request::Claim(..) | Request::Delete(..) | Request::Purge(..))
+    }
+
     /// The request answered with a placeholder, for [`Done::fail`].
     fn undecided(self) -> Done {
         match self {
@@ -255,7 +263,15 @@ impl Writer {
         }
         let mut pending = Pending::new(self.file_len);
         let mut done = Vec::with_capacity(ops.len());
+        let now_ms = self.shared.clock_ms();
         for op in ops.drain(..) {
+            if op.deadline_ms < now_ms && op.op.may_lapse() {
+                // Its caller has given up with a timeout: a claim applied now would lock a key
+                // whose request was already refused (a delete or purge would surprise as much).
+                let timeout = self.options.op_timeout;
+                op.op.undecided().fail(|| StoreError::Timeout(timeout));
+                continue;
+            }
             if pending.body_len() >= BATCH_SPLIT_BYTES {
                 let full = std::mem::replace(&mut pending, Pending::new(0));
                 self.commit(full, std::mem::take(&mut done));
