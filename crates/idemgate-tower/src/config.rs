@@ -107,6 +107,11 @@ pub struct IdempotencyConfig {
     pub release_statuses: Vec<StatusCode>,
     /// Wait for an in-flight original instead of answering 409 (default off).
     pub wait_in_flight: Option<Duration>,
+    /// Media types (lower case, without parameters) whose responses are streamed to the client
+    /// as they come instead of being stored; the key is released, so a retry executes again
+    /// (default `text/event-stream`). A response's `Content-Type` matches when its media type is
+    /// one of these, ignoring case and parameters.
+    pub stream_content_types: Vec<String>,
     /// Per-route policies.
     pub routes: Vec<RoutePolicy>,
     /// The wall clock in Unix ms (tests move it).
@@ -145,6 +150,7 @@ impl Default for IdempotencyConfig {
             fingerprint: FingerprintOptions::default(),
             release_statuses: vec![StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE],
             wait_in_flight: None,
+            stream_content_types: vec!["text/event-stream".to_owned()],
             routes: Vec::new(),
             clock: Clock::default(),
         }

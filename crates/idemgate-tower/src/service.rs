@@ -362,8 +362,8 @@ impl<S> Protected<S> {
                 Outcome::Released,
             );
         }
-        if is_event_stream(&rparts.headers) {
-            tracing::info!(record = ?id, "event stream passed through, not stored; key released");
+        if is_streamed(&rparts.headers, &self.shared.config.stream_content_types) {
+            tracing::info!(record = ?id, "streamed response passed through, not stored; key released");
             self.shared.metrics.not_stored_event_stream.increment(1);
             release(&self.shared, id, token).await;
             return (
@@ -543,10 +543,13 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-fn is_event_stream(h: &http::HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+/// Whether the response's media type is one that is streamed through (`stream_content_types`).
+fn is_streamed(h: &http::HeaderMap, types: &[String]) -> bool {
+    let Some(value) = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media = value.split(';').next().unwrap_or_default().trim();
+    types.iter().any(|t| t.eq_ignore_ascii_case(media))
 }
 
 /// The caller identity a key is scoped to.

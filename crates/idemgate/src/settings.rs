@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// Upstream statuses that are not stored and release the key, comma-separated [default: 429,503].
     #[arg(long, env = "IDEMGATE_RELEASE_STATUSES", value_delimiter = ',', value_parser = parse_status)]
     pub release_statuses: Option<Vec<StatusCode>>,
+    /// Response media types streamed to the client as they come, not stored (the key is
+    /// released), comma-separated [default: text/event-stream].
+    #[arg(long, env = "IDEMGATE_STREAM_CONTENT_TYPES", value_delimiter = ',')]
+    pub stream_content_types: Option<Vec<String>>,
     /// When the store is unreachable: `closed` answers 503, `open` forwards unprotected [default: closed].
     #[arg(long, env = "IDEMGATE_ON_STORE_ERROR", value_parser = ["closed", "open"])]
     pub on_store_error: Option<String>,
@@ -151,6 +155,7 @@ pub struct FileConfig {
     wait_in_flight: Option<String>,
     methods: Option<Vec<String>>,
     release_statuses: Option<Vec<u16>>,
+    stream_content_types: Option<Vec<String>>,
     on_store_error: Option<String>,
     scope_secret_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
@@ -251,6 +256,23 @@ fn statuses(name: &'static str, v: Option<Vec<u16>>) -> Result<Option<Vec<Status
     v.map(|ss| ss.iter().map(|s| parse_status(&s.to_string())).collect())
         .transpose()
         .map_err(invalid(name))
+}
+
+/// `type/subtype` media types, lower-cased; empty entries are skipped (an empty list streams
+/// nothing through).
+fn media_types(name: &'static str, v: Vec<String>) -> Result<Vec<String>, SettingsError> {
+    v.iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.split_once('/') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !t.contains([';', ' ', ',']) => {
+                Ok(t.to_ascii_lowercase())
+            }
+            _ => Err(invalid(name)(format!(
+                "{t:?} is not a media type like text/event-stream"
+            ))),
+        })
+        .collect()
 }
 
 fn headers(name: &'static str, v: Option<Vec<String>>) -> Result<Option<Vec<HeaderName>>, SettingsError> {
@@ -393,6 +415,10 @@ impl Settings {
                 .wait_in_flight
                 .or(dur("wait_in_flight", file.wait_in_flight)?)
                 .filter(|d| !d.is_zero()),
+            stream_content_types: match args.stream_content_types.or(file.stream_content_types) {
+                Some(types) => media_types("stream_content_types", types)?,
+                None => d.stream_content_types.clone(),
+            },
             routes,
             ..d
         };
@@ -603,6 +629,36 @@ fingerprint = { canonical_json = true }
         .unwrap();
         assert_eq!(s.layer.lock_timeout, Duration::from_millis(1));
         assert_eq!(s.layer.wait_in_flight, None);
+    }
+
+    #[test]
+    fn stream_content_types_are_media_types() {
+        let resolve = |types: &[&str]| {
+            Settings::resolve(ServeArgs {
+                upstream: Some("http://x".into()),
+                stream_content_types: Some(types.iter().map(|t| t.to_string()).collect()),
+                ..Default::default()
+            })
+        };
+        let d = Settings::resolve(ServeArgs {
+            upstream: Some("http://x".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(d.layer.stream_content_types, ["text/event-stream"]);
+        let s = resolve(&[" Application/X-NDJSON", "", "text/event-stream"]).unwrap();
+        assert_eq!(
+            s.layer.stream_content_types,
+            ["application/x-ndjson", "text/event-stream"]
+        );
+        assert!(
+            resolve(&[""]).unwrap().layer.stream_content_types.is_empty(),
+            "none streamed"
+        );
+        for bad in ["ndjson", "text/", "/json", "text/plain; charset=utf-8"] {
+            let err = resolve(&[bad]).unwrap_err().to_string();
+            assert!(err.contains("`stream_content_types`"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -266,6 +266,39 @@ async fn rule10_event_streams_pass_through_and_are_not_stored() {
 }
 
 #[tokio::test]
+async fn stream_content_types_choose_what_is_streamed_through() {
+    let up = Upstream::start().await;
+    let http = Http::default();
+    // By default an NDJSON response is stored and replayed like any other.
+    let gw = Gateway::start(&["--upstream", &up.url(), "--store", "memory"]);
+    let first = http.post(&gw.url("/lines?ndjson=1"), "nd-1", "{}").await;
+    assert!(String::from_utf8_lossy(&first.body).contains("\"line\":2,\"execution\":1"));
+    let again = http.post(&gw.url("/lines?ndjson=1"), "nd-1", "{}").await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(up.executions(), 1);
+    // Listed (its header says `Application/X-NDJSON; charset=utf-8`): streamed, not stored, the
+    // key released; event streams are streamed only if listed too.
+    let listed = Gateway::start(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory",
+        "--stream-content-types",
+        "application/x-ndjson",
+    ]);
+    let streamed = http.post(&listed.url("/lines?ndjson=1"), "nd-2", "{}").await;
+    assert!(String::from_utf8_lossy(&streamed.body).contains("\"execution\":2"));
+    let retried = http.post(&listed.url("/lines?ndjson=1"), "nd-2", "{}").await;
+    assert!(!retried.replayed());
+    assert!(String::from_utf8_lossy(&retried.body).contains("\"execution\":3"));
+    let sse = http.post(&listed.url("/events?sse=1"), "sse-1", "{}").await;
+    assert!(http.post(&listed.url("/events?sse=1"), "sse-1", "{}").await.replayed());
+    assert!(String::from_utf8_lossy(&sse.body).contains("of execution 4"));
+    assert_eq!(up.executions(), 4);
+}
+
+#[tokio::test]
 async fn a_client_that_hangs_up_does_not_cancel_its_request() {
     use tokio::io::AsyncWriteExt;
     let up = Upstream::start().await;

@@ -191,18 +191,21 @@ async fn handle(
         r.headers_mut().insert("x-execution", n.into());
         return Ok(r);
     }
-    if q.contains_key("sse") {
-        let frames: Vec<Result<Frame<Bytes>, BoxErr>> = (0..3)
-            .map(|i| {
-                Ok(Frame::data(Bytes::from(format!(
-                    "data: event {i} of execution {n}\n\n"
-                ))))
-            })
-            .collect();
+    // Three frames, one per line, as a streaming API sends them.
+    let lines = |content_type: &'static str, line: &dyn Fn(u64) -> String| {
+        let frames: Vec<Result<Frame<Bytes>, BoxErr>> = (0..3).map(|i| Ok(Frame::data(Bytes::from(line(i))))).collect();
         let mut r = Response::new(StreamBody::new(futures_stream(frames)).boxed());
-        r.headers_mut()
-            .insert("content-type", "text/event-stream".parse().unwrap());
-        return Ok(r);
+        r.headers_mut().insert("content-type", content_type.parse().unwrap());
+        r
+    };
+    if q.contains_key("sse") {
+        return Ok(lines("text/event-stream", &|i| {
+            format!("data: event {i} of execution {n}\n\n")
+        }));
+    }
+    if q.contains_key("ndjson") {
+        let line = |i| format!("{{\"line\":{i},\"execution\":{n}}}\n");
+        return Ok(lines("Application/X-NDJSON; charset=utf-8", &line));
     }
     if q.contains_key("cut") {
         let frames: Vec<Result<Frame<Bytes>, BoxErr>> = vec![
