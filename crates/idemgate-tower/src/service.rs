@@ -107,8 +107,6 @@ where
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        // A panic may come after the claim, which then holds the key until its lease ends.
-        let lock_secs = policy.lease_ms.div_ceil(1000).max(1);
         let job = Protected {
             shared: self.shared.clone(),
             policy: policy.clone(),
@@ -131,16 +129,12 @@ where
         };
         // Combinators rather than an `async` block around `run`: the block would move the whole
         // state machine (about 1.8 KB) once more when first polled.
-        let guarded = AssertUnwindSafe(run).catch_unwind().map(move |caught| match caught {
+        let guarded = AssertUnwindSafe(run).catch_unwind().map(|caught| match caught {
             Ok(result) => result,
             Err(_) => {
-                tracing::error!(
-                    "protected request panicked; if it had claimed its key, the key stays locked until its lease ends"
-                );
-                Ok(Problem::UpstreamFailed {
-                    retry_after_secs: lock_secs,
-                }
-                .into_response())
+                // Before its claim (a panic after it is caught in `Protected::run`): no key held.
+                tracing::error!("protected request panicked before claiming its key");
+                Ok(Problem::UpstreamFailed { retry_after_secs: 1 }.into_response())
             }
         });
         ResponseFuture::managed(Detach::new(Box::pin(guarded), self.shared.clone()))
@@ -261,7 +255,15 @@ impl<S> Protected<S> {
                     let req = Request::from_parts(parts, RequestBody::full(body));
                     // Boxed: this future is moved (copied) with every protected request, replays
                     // included, and the execution's state is most of its size.
-                    return Ok(Box::pin(self.execute(req, id, token, claimed)).await);
+                    let executed = AssertUnwindSafe(Box::pin(self.execute(req, id, token, claimed)))
+                        .catch_unwind()
+                        .await;
+                    return Ok(executed.unwrap_or_else(|_| {
+                        // The operation may have taken effect: the key stays locked for its lease.
+                        tracing::error!(record = ?id, "protected request panicked after claiming its key; the key stays locked until its lease ends");
+                        let retry_after_secs = self.policy.lease_ms.div_ceil(1000).max(1);
+                        problem(Problem::UpstreamFailed { retry_after_secs }, Outcome::UpstreamError)
+                    }));
                 }
                 Ok(Claim::Completed { fingerprint: f, .. }) | Ok(Claim::InFlight { fingerprint: f, .. })
                     if f != fingerprint =>

@@ -1,6 +1,6 @@
 //! How the layer answers when the wrapped service itself fails: a panic is a 502 problem, the
-//! claimed key stays locked for its lease (the operation may have taken effect), and the layer
-//! goes on serving.
+//! claimed key stays locked for its lease (the operation may have taken effect), a panic before
+//! any claim (in a scope function) holds nothing, and the layer goes on serving.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use idemgate_core::{MemoryStore, ScopeHasher};
-use idemgate_tower::{IdempotencyConfig, IdempotencyLayer, RequestBody};
+use idemgate_tower::{IdempotencyConfig, IdempotencyLayer, RequestBody, ScopeSource};
 use tower::{Layer, ServiceExt};
 
 fn post(key: &str, body: &'static str) -> Request<Full<Bytes>> {
@@ -19,6 +19,20 @@ fn post(key: &str, body: &'static str) -> Request<Full<Bytes>> {
         .header("idempotency-key", key)
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap()
+}
+
+/// The layer under test: a 7 s lease on the memory store.
+fn layer(scope: ScopeSource) -> IdempotencyLayer {
+    let config = IdempotencyConfig {
+        lock_timeout: Duration::from_secs(7),
+        scope,
+        ..IdempotencyConfig::default()
+    };
+    IdempotencyLayer::new(
+        Arc::new(MemoryStore::default()),
+        ScopeHasher::new(b"failures test secret"),
+        config,
+    )
 }
 
 #[tokio::test]
@@ -33,16 +47,7 @@ async fn a_panicking_service_answers_502_and_keeps_the_key_locked() {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         }
     });
-    let config = IdempotencyConfig {
-        lock_timeout: Duration::from_secs(7),
-        ..IdempotencyConfig::default()
-    };
-    let layer = IdempotencyLayer::new(
-        Arc::new(MemoryStore::default()),
-        ScopeHasher::new(b"failures test secret"),
-        config,
-    );
-    let app = layer.layer(handler);
+    let app = layer(ScopeSource::Header(http::header::AUTHORIZATION)).layer(handler);
 
     let failed = app.clone().oneshot(post("boom", "{}")).await.unwrap();
     assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
@@ -65,4 +70,33 @@ async fn a_panicking_service_answers_502_and_keeps_the_key_locked() {
     let fine = app.clone().oneshot(post("fine", "{}")).await.unwrap();
     assert_eq!(fine.status(), StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_panic_before_the_claim_answers_502_and_holds_nothing() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let handler = tower::service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+    });
+    // A scope function that fails on one caller's requests.
+    let scope = ScopeSource::Custom(Arc::new(|parts| {
+        assert!(parts.headers.get("x-broken").is_none(), "the scope function failed");
+        Some(b"caller".to_vec())
+    }));
+    let app = layer(scope).layer(handler);
+    let broken = || {
+        let mut r = post("k", "{}");
+        r.headers_mut().insert("x-broken", http::HeaderValue::from_static("1"));
+        r
+    };
+    let failed = app.clone().oneshot(broken()).await.unwrap();
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(failed.headers()["retry-after"], "1", "nothing is locked: retry at once");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was forwarded");
+    // Nothing was claimed: the same key from a working request executes at once.
+    let fine = app.clone().oneshot(post("k", "{}")).await.unwrap();
+    assert_eq!(fine.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
