@@ -63,14 +63,13 @@ fn field(h: &mut Sha256, tag: u8, bytes: &[u8]) {
 /// default map is ordered by key. A repeated key is left to the raw bytes: parsers disagree on
 /// which of its values counts, so `{"a":1,"a":2}` must not match `{"a":2}`.
 fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
-    serde_json::from_slice::<UniqueKeys>(body).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let Strict(value) = serde_json::from_slice(body).ok()?;
     serde_json::to_vec(&value).ok()
 }
 
-/// Deserializes any JSON and fails on an object that repeats a key (compared after unescaping),
-/// or that uses a key serde_json keeps for itself.
-struct UniqueKeys;
+/// A JSON value read in one pass that fails on an object that repeats a key (compared after
+/// unescaping) or uses a key serde_json keeps for itself.
+struct Strict(serde_json::Value);
 
 /// The start of the object keys serde_json uses for its own values.
 const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
@@ -78,90 +77,98 @@ const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 /// The key under which serde_json (`arbitrary_precision`) passes a number's digits.
 const NUMBER_KEY: &str = "$serde_json::private::Number";
 
-/// A number's digits as serde_json passes them: only an owned string is accepted.
-struct NumberDigits;
-
-impl<'de> serde::Deserialize<'de> for NumberDigits {
+impl<'de> serde::Deserialize<'de> for Strict {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NumberDigits)
+        d.deserialize_any(StrictVisitor).map(Strict)
     }
 }
 
-impl serde::de::Visitor<'_> for NumberDigits {
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON whose objects never repeat a key")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(b.into())
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(n.into())
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(n.into())
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+        Ok(n.into())
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(s.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key.starts_with(SERDE_JSON_PRIVATE) {
+                // With `arbitrary_precision`, serde_json hands a number over as a one-entry map
+                // under its private key, the digits as an owned string; its parser gives a JSON
+                // string as a borrowed or copied `str`, never owned. So a body that spells the
+                // key out is refused here, or `{"$serde_json::private::Number":"2"}` would be
+                // the number 2 (and a `RawValue` key embedded JSON).
+                if key != NUMBER_KEY || !object.is_empty() {
+                    return Err(A::Error::custom("reserved object key"));
+                }
+                let NumberDigits(digits) = map.next_value()?;
+                return digits.parse().map(serde_json::Value::Number).map_err(A::Error::custom);
+            }
+            let Strict(value) = map.next_value()?;
+            if object.insert(key, value).is_some() {
+                return Err(A::Error::custom("repeated object key"));
+            }
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+/// A number's digits as serde_json passes them: only an owned string is accepted.
+struct NumberDigits(String);
+
+impl<'de> serde::Deserialize<'de> for NumberDigits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberDigitsVisitor)
+    }
+}
+
+struct NumberDigitsVisitor;
+
+impl serde::de::Visitor<'_> for NumberDigitsVisitor {
     type Value = NumberDigits;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a number's digits from serde_json")
     }
 
-    fn visit_string<E>(self, _: String) -> Result<Self, E> {
-        Ok(self)
+    fn visit_string<E>(self, digits: String) -> Result<NumberDigits, E> {
+        Ok(NumberDigits(digits))
     }
 
     /// A string from the body itself (the parser's borrowed or copied strings come here).
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self, E> {
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NumberDigits, E> {
         Err(E::invalid_type(serde::de::Unexpected::Str(s), &self))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UniqueKeys)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for UniqueKeys {
-    type Value = UniqueKeys;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JSON whose objects never repeat a key")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(self)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(self)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        let mut keys = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if key.starts_with(SERDE_JSON_PRIVATE) {
-                // With `arbitrary_precision`, serde_json hands a number over as a one-entry map
-                // under its private key, the digits as an owned string; its parser gives a JSON
-                // string as a borrowed or copied `str`, never owned. So a body that spells the
-                // key out is refused here, or `Value` would read `{"$serde_json::private::Number":
-                // "2"}` as the number 2 (and a `RawValue` key as embedded JSON).
-                if key != NUMBER_KEY {
-                    return Err(serde::de::Error::custom("reserved object key"));
-                }
-                map.next_value::<NumberDigits>()?;
-                continue;
-            }
-            if !keys.insert(key) {
-                return Err(serde::de::Error::custom("repeated object key"));
-            }
-            map.next_value::<UniqueKeys>()?;
-        }
-        Ok(self)
     }
 }
 
@@ -232,6 +239,24 @@ mod tests {
             assert_eq!(canonical_json(spelled), None, "{}", String::from_utf8_lossy(spelled));
         }
         assert_eq!(canonical_json(br#"{"a":2.50}"#).as_deref(), Some(&br#"{"a":2.50}"#[..]));
+        // Bodies without a repeated key canonicalise exactly as serde_json's `Value` does (as
+        // before the check existed), so fingerprints stored by earlier versions still match.
+        for body in [
+            &br#" {"z":[1e400,-0,{"b":null,"a":"\u0041"}],"a":true} "#[..],
+            br#"[1.0, 1, 12345678901234567890123, -1.5e-7, "x\ny", [], {}]"#,
+            br#"{"a":{"a":{"a":[{"b":2},{"a":1}]}}}"#,
+            br#""just a string""#,
+            b"42",
+        ] {
+            let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let expected = serde_json::to_vec(&value).unwrap();
+            assert_eq!(
+                canonical_json(body),
+                Some(expected),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         // Equal keys in different objects are not repeats; numbers still canonicalise.
         assert_eq!(
             fp(&o, "POST", "/p", None, br#"{"a":{"a":1.50},"b":{"a":[true,null,"s"]}}"#),

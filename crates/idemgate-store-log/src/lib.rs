@@ -228,7 +228,7 @@ pub(crate) struct Shared {
     pub(crate) opened: MonotonicClock,
     /// Set by a test to stall the writer before its next batch, as a hung disk would.
     #[cfg(test)]
-    pub(crate) stall: AtomicBool,
+    pub(crate) stall: tests::Stall,
 }
 
 impl Shared {
@@ -250,8 +250,13 @@ impl Shared {
     /// `status`, and whether the writer has been stuck in one batch for longer than `limit`.
     pub(crate) fn health(&self, limit: std::time::Duration) -> Result<(), StoreError> {
         self.status()?;
+        self.writer_health(limit, self.clock_ms())
+    }
+
+    /// Whether the writer had been in one batch for longer than `limit` at `now_ms`.
+    fn writer_health(&self, limit: std::time::Duration, now_ms: u64) -> Result<(), StoreError> {
         let since = self.busy_since_ms.load(Ordering::Relaxed);
-        let busy = self.clock_ms().saturating_sub(since);
+        let busy = now_ms.saturating_sub(since);
         if since != 0 && u128::from(busy) > limit.as_millis() {
             return Err(StoreError::Unavailable(format!(
                 "the embedded store's writer has been in one batch for {busy} ms (a stalled disk?)"
@@ -336,6 +341,8 @@ fn gone() -> StoreError {
 pub struct LogStore {
     shared: Arc<Shared>,
     op_timeout: std::time::Duration,
+    /// `op_timeout` in ms, for each operation's deadline.
+    op_timeout_ms: u64,
     tx: Mutex<Option<mpsc::Sender<Envelope>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     /// Holds the directory's lock while the store is open.
@@ -481,7 +488,7 @@ impl LogStore {
             busy_since_ms: AtomicU64::new(0),
             opened: MonotonicClock::now(),
             #[cfg(test)]
-            stall: AtomicBool::new(false),
+            stall: tests::Stall::default(),
         });
         let op_timeout = options.op_timeout;
         let writer = Writer::new(shared.clone(), file, file_len, live_bytes, options);
@@ -497,6 +504,7 @@ impl LogStore {
         Ok(Self {
             shared,
             op_timeout,
+            op_timeout_ms: u64::try_from(op_timeout.as_millis()).unwrap_or(u64::MAX),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             _lock: lock,
@@ -542,10 +550,7 @@ impl LogStore {
         let envelope = Envelope {
             op,
             reply_to: idemgate_core::reply::ReplyQueue::current(),
-            deadline_ms: self
-                .shared
-                .clock_ms()
-                .saturating_add(u64::try_from(self.op_timeout.as_millis()).unwrap_or(u64::MAX)),
+            deadline_ms: self.shared.clock_ms().saturating_add(self.op_timeout_ms),
         };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         tx.as_ref().is_some_and(|tx| tx.send(envelope).is_ok())
@@ -633,19 +638,44 @@ mod tests {
 
     use super::*;
 
-    /// Polls `ping` until it gives `ok`; bounded.
-    async fn ping_until(store: &LogStore, ok: bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while store.ping().await.is_ok() != ok {
-            assert!(tokio::time::Instant::now() < deadline, "ping never became ok = {ok}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// A switch that holds the writer before its next batch, as a hung disk would.
+    #[derive(Default)]
+    pub(crate) struct Stall {
+        on: std::sync::Mutex<bool>,
+        changed: std::sync::Condvar,
+        /// Notified when the writer starts waiting (a permit is kept if nobody listens yet).
+        entered: tokio::sync::Notify,
+    }
+
+    impl Stall {
+        fn set(&self, on: bool) {
+            *self.on.lock().unwrap() = on;
+            self.changed.notify_all();
+        }
+
+        /// Called by the writer before each batch.
+        pub(crate) fn wait_while_on(&self) {
+            let mut on = self.on.lock().unwrap();
+            if *on {
+                self.entered.notify_one();
+            }
+            while *on {
+                on = self.changed.wait(on).unwrap();
+            }
+        }
+
+        /// Until the writer is held (bounded).
+        async fn entered(&self) {
+            tokio::time::timeout(Duration::from_secs(10), self.entered.notified())
+                .await
+                .expect("the writer reached the stall");
         }
     }
 
     #[tokio::test]
     async fn a_stalled_writer_times_callers_out_and_turns_ping_off_then_recovers() {
         let dir = tempfile::tempdir().unwrap();
-        let limit = Duration::from_millis(200);
+        let limit = Duration::from_millis(300);
         let options = LogOptions {
             op_timeout: limit,
             ..LogOptions::default()
@@ -658,34 +688,42 @@ mod tests {
             now_ms: idemgate_core::time::now_ms(),
             lease_ms: 60_000,
         };
-        store.shared.stall.store(true, Ordering::SeqCst);
-        let err = tokio::time::timeout(Duration::from_secs(10), store.claim(claim))
+        let bounded = |f| tokio::time::timeout(Duration::from_secs(10), f);
+        store.shared.stall.set(true);
+        let err = bounded(store.claim(claim))
             .await
             .expect("the caller's wait is bounded")
             .unwrap_err();
         assert!(matches!(err, StoreError::Timeout(d) if d == limit), "{err}");
-        // The writer is stuck in the batch holding that claim: readiness turns off.
-        ping_until(&store, false).await;
-        assert!(store.ping().await.unwrap_err().to_string().contains("stalled disk"));
+        // The writer is held in the batch with that claim: readiness turns off once the batch
+        // is older than the limit.
+        store.shared.stall.entered().await;
+        let since = store.shared.busy_since_ms.load(Ordering::Relaxed);
+        assert_ne!(since, 0, "the writer is in a batch");
+        let health = |now| store.shared.writer_health(limit, now);
+        assert!(health(since + 300).is_ok(), "not yet past the limit");
+        assert!(health(since + 301).unwrap_err().to_string().contains("stalled disk"));
         // A completion queued behind the stall is applied however late; first, a key to complete.
         let done = RecordId([8; 32]);
         let owned = ClaimRequest { id: done, ..claim };
-        store.shared.stall.store(false, Ordering::SeqCst);
+        store.shared.stall.set(false);
         let Claim::Acquired { token, .. } = store.claim(owned).await.unwrap() else {
             panic!("a fresh key is acquired")
         };
-        store.shared.stall.store(true, Ordering::SeqCst);
+        store.shared.stall.set(true);
         let response =
             StoredResponse::builder(http::StatusCode::CREATED, &http::HeaderMap::new(), |_| true, 0).finish();
         let expires = idemgate_core::time::now_ms() + 60_000;
         let err = store.complete(done, token, response, expires).await.unwrap_err();
         assert!(matches!(err, CompleteError::Store(StoreError::Timeout(_))), "{err}");
+        store.shared.stall.entered().await;
         // The disk comes back: nothing is lost. The claim whose caller timed out was dropped,
         // not applied, so its key is free; the late completion was recorded.
-        store.shared.stall.store(false, Ordering::SeqCst);
-        ping_until(&store, true).await;
+        store.shared.stall.set(false);
         let again = store.claim(claim).await.unwrap();
         assert!(matches!(again, Claim::Acquired { .. }), "{again:?}");
+        // That answer came after the held batch: the writer is no longer stuck.
+        store.ping().await.unwrap();
         let completed = store.claim(owned).await.unwrap();
         assert!(matches!(completed, Claim::Completed { .. }), "{completed:?}");
         drop(store);

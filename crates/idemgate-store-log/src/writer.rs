@@ -243,9 +243,7 @@ impl Writer {
             let since = self.shared.clock_ms();
             self.shared.busy_since_ms.store(since, Ordering::Relaxed);
             #[cfg(test)]
-            while self.shared.stall.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+            self.shared.stall.wait_while_on();
             self.batch(&mut batch);
             self.maybe_compact();
             self.shared.busy_since_ms.store(0, Ordering::Relaxed);
@@ -265,7 +263,8 @@ impl Writer {
         let mut done = Vec::with_capacity(ops.len());
         let now_ms = self.shared.clock_ms();
         for op in ops.drain(..) {
-            if op.deadline_ms < now_ms && op.op.may_lapse() {
+            // At its deadline the caller is timing out: it gets this same Timeout either way.
+            if op.deadline_ms <= now_ms && op.op.may_lapse() {
                 // Its caller has given up with a timeout: a claim applied now would lock a key
                 // whose request was already refused (a delete or purge would surprise as much).
                 let timeout = self.options.op_timeout;

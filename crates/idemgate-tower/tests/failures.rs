@@ -21,22 +21,18 @@ fn post(key: &str, body: &'static str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// The layer under test: a 7 s lease on the memory store.
-fn layer(scope: ScopeSource) -> IdempotencyLayer {
-    let config = IdempotencyConfig {
-        lock_timeout: Duration::from_secs(7),
-        scope,
-        ..IdempotencyConfig::default()
-    };
-    IdempotencyLayer::new(
-        Arc::new(MemoryStore::default()),
-        ScopeHasher::new(b"failures test secret"),
-        config,
-    )
-}
-
-#[tokio::test]
-async fn a_panicking_service_answers_502_and_keeps_the_key_locked() {
+/// The layer (a 7 s lease on the memory store) over a handler that counts its calls and fails
+/// after "charging" when the key is `boom`.
+fn app(
+    scope: ScopeSource,
+) -> (
+    impl tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<impl http_body::Body<Error: std::fmt::Debug>>,
+            Error = Infallible,
+        > + Clone,
+    Arc<AtomicU64>,
+) {
     let calls = Arc::new(AtomicU64::new(0));
     let counter = calls.clone();
     let handler = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
@@ -47,7 +43,19 @@ async fn a_panicking_service_answers_502_and_keeps_the_key_locked() {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         }
     });
-    let app = layer(ScopeSource::Header(http::header::AUTHORIZATION)).layer(handler);
+    let config = IdempotencyConfig {
+        lock_timeout: Duration::from_secs(7),
+        scope,
+        ..IdempotencyConfig::default()
+    };
+    let hasher = ScopeHasher::new(b"failures test secret");
+    let layer = IdempotencyLayer::new(Arc::new(MemoryStore::default()), hasher, config);
+    (layer.layer(handler), calls)
+}
+
+#[tokio::test]
+async fn a_panicking_service_answers_502_and_keeps_the_key_locked() {
+    let (app, calls) = app(ScopeSource::Header(http::header::AUTHORIZATION));
 
     let failed = app.clone().oneshot(post("boom", "{}")).await.unwrap();
     assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
@@ -74,18 +82,12 @@ async fn a_panicking_service_answers_502_and_keeps_the_key_locked() {
 
 #[tokio::test]
 async fn a_panic_before_the_claim_answers_502_and_holds_nothing() {
-    let calls = Arc::new(AtomicU64::new(0));
-    let counter = calls.clone();
-    let handler = tower::service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
-    });
     // A scope function that fails on one caller's requests.
     let scope = ScopeSource::Custom(Arc::new(|parts| {
         assert!(parts.headers.get("x-broken").is_none(), "the scope function failed");
         Some(b"caller".to_vec())
     }));
-    let app = layer(scope).layer(handler);
+    let (app, calls) = app(scope);
     let broken = || {
         let mut r = post("k", "{}");
         r.headers_mut().insert("x-broken", http::HeaderValue::from_static("1"));

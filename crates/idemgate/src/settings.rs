@@ -422,17 +422,26 @@ impl Settings {
             routes,
             ..d
         };
+        let upstream_timeout = args
+            .upstream_timeout
+            .or(dur("upstream_timeout", file.upstream_timeout)?)
+            .unwrap_or(Duration::from_secs(30));
         // A zero TTL would forget every response at once and a zero lease would let any repeat
-        // take over a running request: both would silently turn idempotency off. The layer
-        // counts both in milliseconds, so less than 1 ms is zero.
-        let spans = [("ttl", Some(layer.ttl)), ("lock_timeout", Some(layer.lock_timeout))]
-            .into_iter()
-            .chain(layer.routes.iter().flat_map(|r| {
-                [
-                    ("route.ttl", r.overrides.ttl),
-                    ("route.lock_timeout", r.overrides.lock_timeout),
-                ]
-            }));
+        // take over a running request: both would silently turn idempotency off, and a zero
+        // upstream timeout would fail every request. The layer counts in milliseconds, so less
+        // than 1 ms is zero.
+        let spans = [
+            ("ttl", Some(layer.ttl)),
+            ("lock_timeout", Some(layer.lock_timeout)),
+            ("upstream_timeout", Some(upstream_timeout)),
+        ]
+        .into_iter()
+        .chain(layer.routes.iter().flat_map(|r| {
+            [
+                ("route.ttl", r.overrides.ttl),
+                ("route.lock_timeout", r.overrides.lock_timeout),
+            ]
+        }));
         for (name, span) in spans {
             if span.is_some_and(|d| d < Duration::from_millis(1)) {
                 return Err(invalid(name)("must be at least 1ms".into()));
@@ -479,15 +488,7 @@ impl Settings {
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             store: args.store.or(file.store).unwrap_or_else(|| "./idemgate-data".into()),
-            upstream_timeout: match args
-                .upstream_timeout
-                .or(dur("upstream_timeout", file.upstream_timeout)?)
-            {
-                Some(d) if d < Duration::from_millis(1) => {
-                    return Err(invalid("upstream_timeout")("must be at least 1ms".into()))
-                }
-                d => d.unwrap_or(Duration::from_secs(30)),
-            },
+            upstream_timeout,
             admin_listen: args.admin_listen.or(file.admin_listen),
             admin_token,
             log_json: log_format == "json",
@@ -655,6 +656,33 @@ fingerprint = { canonical_json = true }
             resolve(&[""]).unwrap().layer.stream_content_types.is_empty(),
             "none streamed"
         );
+        // As the command line gives them: `--stream-content-types ""` streams nothing.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        for (flag, expected) in [
+            ("", &[][..]),
+            (
+                "text/event-stream,application/x-ndjson",
+                &["text/event-stream", "application/x-ndjson"],
+            ),
+        ] {
+            let cli = <Cli as clap::Parser>::try_parse_from([
+                "idemgate",
+                "--upstream",
+                "http://x",
+                "--stream-content-types",
+                flag,
+            ])
+            .unwrap();
+            assert_eq!(
+                Settings::resolve(cli.args).unwrap().layer.stream_content_types,
+                expected,
+                "{flag:?}"
+            );
+        }
         for bad in ["ndjson", "text/", "/json", "text/plain; charset=utf-8"] {
             let err = resolve(&[bad]).unwrap_err().to_string();
             assert!(err.contains("`stream_content_types`"), "{bad}: {err}");
