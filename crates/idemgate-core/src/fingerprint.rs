@@ -3,8 +3,11 @@
 //! SHA-256 over the method, the path and query, the chosen headers (by default `Content-Type`, so
 //! the same bytes sent as another media type differ) and the body. With `canonical_json`, a body
 //! that parses as JSON is hashed in canonical form (sorted object keys, no insignificant
-//! whitespace), so clients that re-serialise a payload between retries still match. This module
-//! is the one place that defines what a fingerprint covers.
+//! whitespace), so clients that re-serialise a payload between retries still match. A body of
+//! [`BODY_DIGEST_MIN`] bytes or more enters the SHA-256 as its BLAKE3 digest, which is three to
+//! four times cheaper to compute on large bodies; fingerprints made before that rule (the whole
+//! body in the SHA-256) still match ([`FingerprintOptions::matches`]). This module is the one
+//! place that defines what a fingerprint covers.
 
 use http::{HeaderMap, HeaderName, Method, Uri};
 use sha2::{Digest, Sha256};
@@ -31,9 +34,51 @@ impl Default for FingerprintOptions {
     }
 }
 
+/// Bodies (raw or canonical) of at least this many bytes enter the fingerprint as their BLAKE3
+/// digest. Below it SHA-256 over the bytes themselves is as fast, and fingerprints stay what they
+/// always were.
+pub const BODY_DIGEST_MIN: usize = 4096;
+
+/// How the body enters the SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyRule {
+    /// From [`BODY_DIGEST_MIN`] bytes on, as its BLAKE3 digest (tag `d`).
+    Digest,
+    /// Always the bytes themselves (the rule before [`BODY_DIGEST_MIN`] existed).
+    Legacy,
+}
+
 impl FingerprintOptions {
     /// The fingerprint of a request.
     pub fn fingerprint(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Fingerprint {
+        self.compute(method, uri, headers, body, BodyRule::Digest)
+    }
+
+    /// The fingerprint as versions before [`BODY_DIGEST_MIN`] computed it: every body byte in the
+    /// SHA-256. Equal to [`fingerprint`](Self::fingerprint) for smaller bodies.
+    pub fn legacy_fingerprint(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Fingerprint {
+        self.compute(method, uri, headers, body, BodyRule::Legacy)
+    }
+
+    /// Whether `stored` (a record's fingerprint) was made for the request whose fingerprint is
+    /// `current`. A record written before large bodies were digested holds the legacy form; it is
+    /// computed only then, on a mismatch for a large body, so the common paths pay nothing.
+    pub fn matches(
+        &self,
+        stored: Fingerprint,
+        current: Fingerprint,
+        (method, uri, headers, body): (&Method, &Uri, &HeaderMap, &[u8]),
+    ) -> bool {
+        stored == current || (self.may_digest(body) && stored == self.legacy_fingerprint(method, uri, headers, body))
+    }
+
+    /// Whether the body could be long enough to be digested (its canonical form is never longer
+    /// than the raw bytes).
+    fn may_digest(&self, body: &[u8]) -> bool {
+        body.len() >= BODY_DIGEST_MIN
+    }
+
+    fn compute(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8], rule: BodyRule) -> Fingerprint {
         let mut h = Sha256::new();
         field(&mut h, b'm', method.as_str().as_bytes());
         let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
@@ -44,9 +89,16 @@ impl FingerprintOptions {
                 field(&mut h, b'v', value.as_bytes());
             }
         }
-        match self.canonical_json.then(|| canonical_json(body)).flatten() {
-            Some(canonical) => field(&mut h, b'j', &canonical),
-            None => field(&mut h, b'b', body),
+        let canonical = self.canonical_json.then(|| canonical_json(body)).flatten();
+        let (tag, bytes) = match &canonical {
+            Some(c) => (b'j', c.as_slice()),
+            None => (b'b', body),
+        };
+        if rule == BodyRule::Digest && bytes.len() >= BODY_DIGEST_MIN {
+            // Upper-case tags (`B`, `J`): the digest of what `b` or `j` would have carried.
+            field(&mut h, tag.to_ascii_uppercase(), blake3::hash(bytes).as_bytes());
+        } else {
+            field(&mut h, tag, bytes);
         }
         Fingerprint(h.finalize().into())
     }
@@ -273,6 +325,59 @@ mod tests {
             fp(&o, "POST", "/p", None, b"not json"),
             fp(&o, "POST", "/p", None, b"not json")
         );
+    }
+
+    #[test]
+    fn large_bodies_are_digested_and_legacy_fingerprints_still_match() {
+        let method = Method::POST;
+        let uri: Uri = "/pay".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+        for canonical_json in [false, true] {
+            let o = FingerprintOptions {
+                canonical_json,
+                ..Default::default()
+            };
+            let legacy = |body: &[u8]| o.compute(&method, &uri, &headers, body, BodyRule::Legacy);
+            for len in [0, 80, BODY_DIGEST_MIN - 1, BODY_DIGEST_MIN, 256 * 1024] {
+                let text = format!(r#"{{"pad":"{}"}}"#, "x".repeat(len.saturating_sub(10)));
+                let body = text.as_bytes();
+                let parts = (&method, &uri, &headers, body);
+                let current = o.fingerprint(&method, &uri, &headers, body);
+                // Below the threshold nothing changed; from it on the digest form differs.
+                assert_eq!(
+                    current == legacy(body),
+                    body.len() < BODY_DIGEST_MIN,
+                    "{} bytes",
+                    body.len()
+                );
+                // A record made by an earlier version (legacy form) is the same request...
+                assert!(o.matches(legacy(body), current, parts), "{} bytes", body.len());
+                assert!(o.matches(current, current, parts));
+                // ...and a different body is not, in either form.
+                let mut other = body.to_vec();
+                other[body.len() / 2] ^= 1;
+                assert!(!o.matches(legacy(&other), current, parts), "{} bytes", body.len());
+                let other_fp = o.fingerprint(&method, &uri, &headers, &other);
+                assert!(!o.matches(other_fp, current, parts), "{} bytes", body.len());
+            }
+        }
+        // Canonical JSON of a large body still ignores key order, in both forms.
+        let o = FingerprintOptions {
+            canonical_json: true,
+            ..Default::default()
+        };
+        let pad = "y".repeat(2 * BODY_DIGEST_MIN);
+        let a = format!(r#"{{"a":1,"pad":"{pad}"}}"#);
+        let b = format!(r#"{{ "pad" : "{pad}", "a" : 1 }}"#);
+        let fa = o.fingerprint(&method, &uri, &headers, a.as_bytes());
+        assert_eq!(fa, o.fingerprint(&method, &uri, &headers, b.as_bytes()));
+        let legacy_a = o.compute(&method, &uri, &headers, a.as_bytes(), BodyRule::Legacy);
+        assert!(o.matches(
+            legacy_a,
+            o.fingerprint(&method, &uri, &headers, b.as_bytes()),
+            (&method, &uri, &headers, b.as_bytes())
+        ));
     }
 
     proptest! {

@@ -209,7 +209,7 @@ impl<S> Protected<S> {
     {
         let shared = self.shared.clone();
         let cfg = &shared.config;
-        let body = match read_body(body, cfg.max_body).await {
+        let body = match read_body(body, cfg.max_body, content_length(&parts.headers)).await {
             Ok(body) => body,
             Err(ReadError::TooLarge) => {
                 return Ok(problem(
@@ -266,7 +266,11 @@ impl<S> Protected<S> {
                     }));
                 }
                 Ok(Claim::Completed { fingerprint: f, .. }) | Ok(Claim::InFlight { fingerprint: f, .. })
-                    if f != fingerprint =>
+                    if !self.policy.fingerprint.matches(
+                        f,
+                        fingerprint,
+                        (&parts.method, &parts.uri, &parts.headers, &body),
+                    ) =>
                 {
                     return Ok(problem(Problem::KeyReused, Outcome::Mismatch));
                 }
@@ -471,8 +475,9 @@ enum ReadError {
 }
 
 /// The whole request body, at most `max` bytes (trailers are not kept). A body that arrives as
-/// one frame (most do) is that frame's buffer itself; more are joined into one.
-async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ReadError>
+/// one frame (most do) is that frame's buffer itself; more are joined into one, sized from the
+/// declared `Content-Length` when there is one, so that each byte is copied once.
+async fn read_body<B>(body: B, max: usize, declared: Option<u64>) -> Result<Bytes, ReadError>
 where
     B: Body<Data = Bytes>,
 {
@@ -491,7 +496,8 @@ where
         match (&mut first, &mut joined) {
             (None, None) => first = Some(data),
             (Some(f), None) => {
-                let mut j = bytes::BytesMut::with_capacity(len.max(f.len() * 2).min(max));
+                let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                let mut j = bytes::BytesMut::with_capacity(len.max(declared).max(f.len() * 2).min(max));
                 j.extend_from_slice(f);
                 j.extend_from_slice(&data);
                 joined = Some(j);
@@ -590,24 +596,30 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_are_read_whole_within_the_limit() {
-        let one = read_body(frames(vec![Ok(b"abc")]), 3).await.ok().unwrap();
+        let one = read_body(frames(vec![Ok(b"abc")]), 3, None).await.ok().unwrap();
         assert_eq!(&one[..], b"abc");
-        let many = read_body(frames(vec![Ok(b"ab"), Ok(b""), Ok(b"cd"), Ok(b"e")]), 5)
+        let many = read_body(frames(vec![Ok(b"ab"), Ok(b""), Ok(b"cd"), Ok(b"e")]), 5, None)
             .await
             .ok()
             .unwrap();
         assert_eq!(&many[..], b"abcde");
-        assert!(read_body(frames(vec![]), 0).await.ok().unwrap().is_empty());
+        // A declared length sizes the joined buffer; the result is the same.
+        let declared = read_body(frames(vec![Ok(b"ab"), Ok(b"cd"), Ok(b"e")]), 9, Some(5))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(&declared[..], b"abcde");
+        assert!(read_body(frames(vec![]), 0, None).await.ok().unwrap().is_empty());
         assert!(matches!(
-            read_body(frames(vec![Ok(b"ab"), Ok(b"cd")]), 3).await,
+            read_body(frames(vec![Ok(b"ab"), Ok(b"cd")]), 3, None).await,
             Err(ReadError::TooLarge)
         ));
         assert!(matches!(
-            read_body(frames(vec![Ok(b"abcd")]), 3).await,
+            read_body(frames(vec![Ok(b"abcd")]), 3, None).await,
             Err(ReadError::TooLarge)
         ));
         assert!(matches!(
-            read_body(frames(vec![Ok(b"ab"), Err("reset")]), 9).await,
+            read_body(frames(vec![Ok(b"ab"), Err("reset")]), 9, None).await,
             Err(ReadError::Unreadable)
         ));
     }
