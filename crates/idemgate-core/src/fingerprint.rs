@@ -42,7 +42,7 @@ pub const BODY_DIGEST_MIN: usize = 4096;
 /// How the body enters the SHA-256.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BodyRule {
-    /// From [`BODY_DIGEST_MIN`] bytes on, as its BLAKE3 digest (tag `d`).
+    /// From [`BODY_DIGEST_MIN`] bytes on, as its BLAKE3 digest (tags `B`, `J`).
     Digest,
     /// Always the bytes themselves (the rule before [`BODY_DIGEST_MIN`] existed).
     Legacy,
@@ -69,13 +69,9 @@ impl FingerprintOptions {
         current: Fingerprint,
         (method, uri, headers, body): (&Method, &Uri, &HeaderMap, &[u8]),
     ) -> bool {
-        stored == current || (self.may_digest(body) && stored == self.legacy_fingerprint(method, uri, headers, body))
-    }
-
-    /// Whether the body could be long enough to be digested (its canonical form is never longer
-    /// than the raw bytes).
-    fn may_digest(&self, body: &[u8]) -> bool {
-        body.len() >= BODY_DIGEST_MIN
+        // A shorter body gives the same form both ways (its canonical form is never longer).
+        stored == current
+            || (body.len() >= BODY_DIGEST_MIN && stored == self.legacy_fingerprint(method, uri, headers, body))
     }
 
     fn compute(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8], rule: BodyRule) -> Fingerprint {
@@ -338,7 +334,7 @@ mod tests {
                 canonical_json,
                 ..Default::default()
             };
-            let legacy = |body: &[u8]| o.compute(&method, &uri, &headers, body, BodyRule::Legacy);
+            let legacy = |body: &[u8]| o.legacy_fingerprint(&method, &uri, &headers, body);
             for len in [0, 80, BODY_DIGEST_MIN - 1, BODY_DIGEST_MIN, 256 * 1024] {
                 let text = format!(r#"{{"pad":"{}"}}"#, "x".repeat(len.saturating_sub(10)));
                 let body = text.as_bytes();
@@ -372,7 +368,7 @@ mod tests {
         let b = format!(r#"{{ "pad" : "{pad}", "a" : 1 }}"#);
         let fa = o.fingerprint(&method, &uri, &headers, a.as_bytes());
         assert_eq!(fa, o.fingerprint(&method, &uri, &headers, b.as_bytes()));
-        let legacy_a = o.compute(&method, &uri, &headers, a.as_bytes(), BodyRule::Legacy);
+        let legacy_a = o.legacy_fingerprint(&method, &uri, &headers, a.as_bytes());
         assert!(o.matches(
             legacy_a,
             o.fingerprint(&method, &uri, &headers, b.as_bytes()),
