@@ -12,8 +12,8 @@
 #   BASE_PORT=18900, A_BIN / B_BIN (another gateway binary, e.g. a copy of the previous build;
 #   default target/release/idemgate). A directory in *_ARGS named DIR is replaced by a fresh temporary directory.
 # Needs the release gateway, bench/upstream's release binary, wrk and nginx (bench/run.sh builds
-# and installs them). Prints req/s per round (direct upstream, nginx, A, B) and the median ratios
-# B/A, A/nginx, B/nginx, A/direct and B/direct.
+# and installs them). Prints req/s and wrk's p99 per round (direct upstream, nginx, A, B) and the median ratios
+# B/A, A/nginx, B/nginx, A/direct and B/direct, then the same median ratios of the p99s.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -52,20 +52,23 @@ for p in $P_UP $P_NGINX $P_A $P_B; do wait_port "$p"; done
 echo "A: $A_ARGS $A_ENV"
 echo "B: $B_ARGS $B_ENV"
 echo "mode=$MODE rounds=$ROUNDS duration=$DURATION wrk -t1 -c$CONNS"
-declare -A RPS
+declare -A RPS P99
 names=(direct nginx A B); ports=($P_UP $P_NGINX $P_A $P_B)
 for r in $(seq 1 "$ROUNDS"); do
   for k in 0 1 2 3; do
     i=$(( (k + r - 1) % 4 ))
-    rps=$(IDEM_MODE=$MODE wrk -t1 -c"$CONNS" -d"$DURATION" -s "$HERE/idem.lua" "http://127.0.0.1:${ports[$i]}/payments" |
-      awk '/^Requests\/sec:/{print $2}')
-    RPS[${names[$i]},$r]=$rps
-    printf 'round %s  %-5s %10.0f req/s\n' "$r" "${names[$i]}" "$rps"
+    out=$(IDEM_MODE=$MODE wrk -t1 -c"$CONNS" -d"$DURATION" -s "$HERE/idem.lua" "http://127.0.0.1:${ports[$i]}/payments")
+    rps=$(awk '/^Requests\/sec:/{print $2}' <<< "$out")
+    p99=$(sed -n 's/.*"p99_ms":\([0-9.]*\).*/\1/p' <<< "$out")
+    RPS[${names[$i]},$r]=$rps P99[${names[$i]},$r]=${p99:-0}
+    printf 'round %s  %-6s %10.0f req/s  p99 %6.2f ms\n' "$r" "${names[$i]}" "$rps" "${p99:-0}"
   done
 done
-ratios() { # num den
-  for r in $(seq 1 "$ROUNDS"); do echo "${RPS[$1,$r]} ${RPS[$2,$r]}"; done |
+ratios() { # num den [array]
+  local -n arr=${3:-RPS}
+  for r in $(seq 1 "$ROUNDS"); do echo "${arr[$1,$r]} ${arr[$2,$r]}"; done |
     awk '{print $1/$2}' | sort -g | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]}'
 }
 echo "median per-round ratios: B/A $(ratios B A)  A/nginx $(ratios A nginx)  B/nginx $(ratios B nginx)"
 echo "                         A/direct $(ratios A direct)  B/direct $(ratios B direct)  nginx/direct $(ratios nginx direct)"
+echo "p99, median per-round ratios: A/nginx $(ratios A nginx P99)  B/nginx $(ratios B nginx P99)  B/A $(ratios B A P99)"
