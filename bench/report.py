@@ -120,8 +120,9 @@ def round_ratio(runs, workload, a, b):
 
 
 # Issue 7's targets that one run of this harness measures: (what, goal text, value, passes).
-def targets(runs, closed):
-    """Rows of the targets table; a row whose targets did not run is left out."""
+def targets(runs, closed, opened=None):
+    """Rows of the targets table; a row whose targets did not run is left out. `opened`: the
+    open-loop pass (corrected for coordinated omission), whose p99s get a row of their own."""
     def get(w, t, key):
         return closed.get(w, {}).get(t, {}).get(key)
     rows = []
@@ -134,7 +135,12 @@ def targets(runs, closed):
     ratio("memory, new keys, vs nginx", "≥ 0.9", "new", "memory", "nginx", lambda v: v >= 0.9)
     p99, p99n = get("new", "memory", "p99"), get("new", "nginx", "p99")
     if p99 is not None and p99n:
-        add("memory, new keys, p99 vs nginx's p99", "≤ 1.5", p99 / p99n, ".3f", lambda v: v <= 1.5)
+        add("memory, new keys, p99 vs nginx's p99 (closed loop)", "≤ 1.5", p99 / p99n, ".3f", lambda v: v <= 1.5)
+    open_new = (opened or {}).get("new", {})
+    p99, p99n = open_new.get("memory", {}).get("p99"), open_new.get("nginx", {}).get("p99")
+    if p99 is not None and p99n:
+        add("memory, new keys, p99 vs nginx's p99 (open loop at 50 % of each one's req/s, corrected "
+            "for coordinated omission)", "≤ 1.5", p99 / p99n, ".3f", lambda v: v <= 1.5)
     ratio("memory, replays, vs direct", "≥ 1.0", "replay", "memory", "direct", lambda v: v >= 1.0)
     ratio("embedded, replays, vs direct", "≥ 0.9", "replay", "embedded", "direct", lambda v: v >= 0.9)
     ratio("embedded, new keys, vs nginx", "≥ 0.6", "new", "embedded", "nginx", lambda v: v >= 0.6)
@@ -239,7 +245,7 @@ def main():
           "each run unless RESTART=0.", ""]
     if have_plot:
         md += ["![throughput and p99 per target and workload](throughput.png)", ""]
-    goals = targets([d for d in runs if not d.get("corrected")], closed)
+    goals = targets([d for d in runs if not d.get("corrected")], closed, opened)
     if goals:
         md += ["## Issue 7's targets in this run", "",
                "Ratios as in the tables below (peers: the median of the per-round ratios), with the lowest and "
