@@ -12,8 +12,8 @@
 #   BASE_PORT=18900, A_BIN / B_BIN (another gateway binary, e.g. a copy of the previous build;
 #   default target/release/idemgate). A directory in *_ARGS named DIR is replaced by a fresh temporary directory.
 # Needs the release gateway, bench/upstream's release binary, wrk and nginx (bench/run.sh builds
-# and installs them). Prints req/s and wrk's p99 per round (direct upstream, nginx, A, B) and the median ratios
-# B/A, A/nginx, B/nginx, A/direct and B/direct, then the same median ratios of the p99s.
+# and installs them). Prints req/s and wrk's p99 per round (direct upstream, nginx, A, B), the
+# median ratios B/A, A/nginx, B/nginx, A/direct and B/direct, then median ratios of the p99s.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
