@@ -26,4 +26,4 @@ pub use memory::MemoryStore;
 pub use record::{Claim, ClaimRequest, FencingToken, Record};
 pub use response::StoredResponse;
 pub use scope::{custom_scope, header_scope, job_scope, multi_value_scope, RecordId, ScopeHasher};
-pub use store::{BoxFuture, CompleteError, Purged, Store, StoreError};
+pub use store::{check_secret_file, BoxFuture, CompleteError, Purged, Store, StoreError, SECRET_CHECK_FILE};

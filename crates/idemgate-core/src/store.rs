@@ -102,7 +102,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records `check` (see [`crate::ScopeHasher::check_value`]) if the store has none, else
     /// compares it: [`StoreError::SecretMismatch`] when it differs. Shared stores must implement
-    /// it; stores private to one process need not.
+    /// it; the embedded stores keep it in a file beside their data ([`check_secret_file`]); the
+    /// memory store, gone with its process, need not.
     fn check_secret(&self, check: [u8; 32]) -> BoxFuture<'_, Result<(), StoreError>> {
         let _ = check;
         Box::pin(async { Ok(()) })
@@ -119,8 +120,82 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The file an embedded store keeps its check value in, in its directory.
+pub const SECRET_CHECK_FILE: &str = "scope-check";
+
+/// [`Store::check_secret`] for a store that lives in a directory: compares `check` with the hex
+/// value kept in `path`, or, when there is none yet, writes it durably (a temporary file synced and
+/// renamed over, then the directory synced). A file that is not 64 hex digits is refused rather than
+/// overwritten. Blocking file I/O: it runs once, at start-up.
+pub fn check_secret_file(path: &std::path::Path, check: [u8; 32]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let io = |what: &'static str| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| StoreError::Backend(format!("{what} {path}: {e}").into())
+    };
+    let want: String = check.iter().map(|b| format!("{b:02x}")).collect();
+    match std::fs::read_to_string(path) {
+        Ok(kept) => {
+            let kept = kept.trim();
+            if kept.len() != 64 || !kept.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(StoreError::Backend(
+                    format!(
+                        "{} holds no scope check value (64 hex digits); move it away to start afresh",
+                        path.display()
+                    )
+                    .into(),
+                ));
+            }
+            return if kept.eq_ignore_ascii_case(&want) {
+                Ok(())
+            } else {
+                Err(StoreError::SecretMismatch)
+            };
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("read")(e)),
+        Err(_) => {}
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
+    f.write_all(want.as_bytes()).map_err(io("write"))?;
+    f.sync_all().map_err(io("sync"))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io("rename"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync"))?;
+    }
+    Ok(())
+}
+
 impl std::fmt::Debug for dyn Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Store({})", self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_file_is_written_once_then_compared() {
+        let dir = std::env::temp_dir().join(format!("idemgate-check-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(SECRET_CHECK_FILE);
+        check_secret_file(&path, [1; 32]).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "01".repeat(32));
+        check_secret_file(&path, [1; 32]).unwrap();
+        assert!(matches!(
+            check_secret_file(&path, [2; 32]),
+            Err(StoreError::SecretMismatch)
+        ));
+        // The mismatch left the kept value alone.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "01".repeat(32));
+        std::fs::write(&path, "not hex").unwrap();
+        assert!(matches!(check_secret_file(&path, [1; 32]), Err(StoreError::Backend(_))));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not hex");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

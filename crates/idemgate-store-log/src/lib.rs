@@ -2,8 +2,9 @@
 //! style), with group commit.
 //!
 //! - **Layout.** One directory: `records.log` (see `format.rs`), `lock` (held with an exclusive
-//!   file lock while the store is open, so a second process cannot open it), and during
-//!   compaction `records.log.compact`.
+//!   file lock while the store is open, so a second process cannot open it), `scope-check` (the
+//!   scope secret's check value, written by the first `check_secret`), and during compaction
+//!   `records.log.compact`.
 //! - **Format.** `records.log` is the magic `IDEMLOG2`, then one frame per group commit:
 //!   `[u32 body len][u32 crc32 of body][body]`, the body being the batch's entries, each
 //!   `[u32 len][u32 crc32][op, record id, encoded record]`. The index points at entries inside
@@ -617,6 +618,11 @@ impl Store for LogStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(std::future::ready(self.shared.health(self.op_timeout)))
+    }
+
+    fn check_secret(&self, check: [u8; 32]) -> BoxFuture<'_, Result<(), StoreError>> {
+        let path = self.shared.dir.join(idemgate_core::SECRET_CHECK_FILE);
+        Box::pin(std::future::ready(idemgate_core::check_secret_file(&path, check)))
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {

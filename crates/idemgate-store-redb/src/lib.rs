@@ -255,6 +255,11 @@ impl Store for RedbStore {
         })
     }
 
+    fn check_secret(&self, check: [u8; 32]) -> BoxFuture<'_, Result<(), StoreError>> {
+        let path = self.path.with_file_name(idemgate_core::SECRET_CHECK_FILE);
+        Box::pin(std::future::ready(idemgate_core::check_secret_file(&path, check)))
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             if self.tx.lock().unwrap_or_else(|p| p.into_inner()).is_none() {

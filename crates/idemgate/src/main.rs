@@ -52,7 +52,15 @@ per-route policies:
 
 Precedence: flags, then environment, then the file, then defaults.
 Durations: 500ms, 2s, 24h. Sizes: 4096, 512KiB, 10MiB.
-Stores: memory | memory?capacity=N | DIR (embedded durable store, default ./idemgate-data).
+Stores (--store):
+    memory | memory?capacity=N              in-process, gone on restart
+    DIR                                     embedded durable store (default ./idemgate-data)
+    redis://[USER:PASSWORD@]HOST:PORT[/DB]  a Redis or Valkey server (also valkey://)
+    rediss://HOST:PORT[/DB][?ca=PATH]       the same over TLS (also valkeys://)
+    redis+cluster://HOST:PORT[,HOST:PORT]   a Redis Cluster (also rediss+cluster://, valkey+cluster://)
+    postgres://USER[:PASSWORD]@HOST:PORT/DB a PostgreSQL database (also postgresql://)
+  Shared stores (Redis, PostgreSQL) need --scope-secret-file or IDEMGATE_SCOPE_SECRET, the same on
+  every gateway; every store but memory refuses to start with a secret other than its first.
 Logs: IDEMGATE_LOG sets the filter (default info; one line per request at info).
 See README.md and docs/DESIGN.md for the semantics.";
 

@@ -23,8 +23,9 @@ pub struct ServeArgs {
     /// Address the gateway listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "IDEMGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Where records live: `memory`, `memory?capacity=N`, or a directory for the embedded durable
-    /// store [default: ./idemgate-data].
+    /// Where records live: `memory`, `memory?capacity=N`, a directory for the embedded durable
+    /// store, `redis://host:port[/db]` (also rediss://, redis+cluster://h1:p1,h2:p2, valkey://) or
+    /// `postgres://user:pw@host:port/db` [default: ./idemgate-data].
     #[arg(long, env = "IDEMGATE_STORE")]
     pub store: Option<String>,
     /// How long a completed key is remembered [default: 24h].

@@ -6,7 +6,9 @@
 //!   log of `idemgate-store-log` (`DIR/records.log`). A directory made by an earlier version
 //!   (`DIR/records.redb` exists) keeps being opened with the redb store. Unless a secret is
 //!   configured, one is generated on first start and kept in `DIR/scope-secret` (mode 0600), so a
-//!   restart keeps replaying.
+//!   restart keeps replaying. The secret's check value is kept in `DIR/scope-check`: a start with
+//!   another secret (a changed `--scope-secret-file`, or one dropped from the command line) is
+//!   refused, as the shared stores refuse it, instead of silently missing every replay.
 //! - `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` (Redis, TLS, Cluster) and `postgres://…` / `postgresql://…` (PostgreSQL): shared stores for a
 //!   fleet. They need a configured secret (every gateway of the fleet must derive the same record
 //!   ids), and the store keeps a check value so a gateway with another secret is refused at start.
@@ -88,6 +90,16 @@ pub async fn open(spec: &str, secret: Option<&[u8]>) -> Result<(Arc<dyn Store>, 
         Some(s) => ScopeHasher::new(s),
         None => ScopeHasher::new(&local_secret(dir)?),
     };
+    // A directory from a version that kept no check value: its records were written under the
+    // generated secret, so a configured secret other than that one is refused too.
+    let generated = dir.join("scope-secret");
+    if !dir.join(idemgate_core::SECRET_CHECK_FILE).exists() && generated.exists() && secret.is_some() {
+        let earlier = ScopeHasher::new(&local_secret(dir)?);
+        if earlier.check_value() != hasher.check_value() {
+            return Err(StoreError::SecretMismatch.into());
+        }
+    }
+    store.check_secret(hasher.check_value()).await?;
     Ok((store, hasher))
 }
 
@@ -122,7 +134,7 @@ fn local_secret(dir: &Path) -> Result<Vec<u8>, StoreSpecError> {
     Ok(hex.into_bytes())
 }
 
-/// The store spec with any password replaced, for logs.
+/// The store spec with any password (in the userinfo or a `password` query parameter) replaced, for logs.
 pub fn redact(spec: &str) -> String {
     let Some((scheme, rest)) = spec.split_once("://") else {
         return spec.to_string();
@@ -135,10 +147,36 @@ pub fn redact(spec: &str) -> String {
         },
         None => authority.to_string(),
     };
-    match tail {
-        Some(t) => format!("{scheme}://{authority}/{t}"),
-        None => format!("{scheme}://{authority}"),
+    let (path, query) = match tail {
+        Some(t) => t.split_once('?').map_or((Some(t), None), |(p, q)| (Some(p), Some(q))),
+        None => (None, None),
+    };
+    let (authority, query) = match (path, query) {
+        // `host?password=…` without a path.
+        (None, None) => match authority.split_once('?') {
+            Some((a, q)) => (a.to_string(), Some(q)),
+            None => (authority, None),
+        },
+        _ => (authority, query),
+    };
+    let mut out = format!("{scheme}://{authority}");
+    if let Some(p) = path {
+        out.push('/');
+        out.push_str(p);
     }
+    if let Some(q) = query {
+        // libpq-style `?password=…` and `?sslpassword=…`.
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -154,6 +192,22 @@ mod tests {
         assert_eq!(redact("redis://:pw@cache:6379/0"), "redis://:***@cache:6379/0");
         assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
         assert_eq!(redact("./idemgate-data"), "./idemgate-data");
+        assert_eq!(
+            redact("postgres://app@db:5432/idem?sslmode=require&password=hunter2"),
+            "postgres://app@db:5432/idem?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("postgresql://db?password=hunter2"),
+            "postgresql://db?password=***"
+        );
+        assert_eq!(
+            redact("postgres://app:a@b@db/idem?sslpassword=x&sslmode=verify-full"),
+            "postgres://app:***@db/idem?sslpassword=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            redact("rediss://cache:6380/0?ca=/etc/ca.pem"),
+            "rediss://cache:6380/0?ca=/etc/ca.pem"
+        );
     }
 
     #[test]
@@ -171,6 +225,55 @@ mod tests {
         for spec in ["redis+cluster://h:1,h:2", "valkey+cluster://h:1", "postgres://u@h/db"] {
             assert!(!serves_on_threads(spec), "{spec}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_directory_refuses_a_start_with_another_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().to_str().unwrap();
+        // First start without a secret: one is generated, and its check value kept.
+        let (store, first) = open(spec, None).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        assert!(dir.path().join("scope-check").exists());
+        // A restart without a secret keeps the generated one.
+        let (store, again) = open(spec, None).await.unwrap();
+        assert_eq!(again.check_value(), first.check_value());
+        store.flush().await.unwrap();
+        drop(store);
+        // A configured secret other than the one the records were written under is refused.
+        let err = open(spec, Some(b"fleet-secret")).await.unwrap_err();
+        assert!(
+            matches!(err, StoreSpecError::Check(StoreError::SecretMismatch)),
+            "{err}"
+        );
+        // So is a secret configured on first start and then dropped from the command line.
+        let configured = tempfile::tempdir().unwrap();
+        let spec = configured.path().to_str().unwrap();
+        let (store, _) = open(spec, Some(b"fleet-secret")).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        let (store, _) = open(spec, Some(b"fleet-secret")).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        let err = open(spec, None).await.unwrap_err();
+        assert!(
+            matches!(err, StoreSpecError::Check(StoreError::SecretMismatch)),
+            "{err}"
+        );
+        // A directory from a version without the check file: the generated secret still counts.
+        let legacy = tempfile::tempdir().unwrap();
+        let spec = legacy.path().to_str().unwrap();
+        let (store, _) = open(spec, None).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        std::fs::remove_file(legacy.path().join("scope-check")).unwrap();
+        let err = open(spec, Some(b"fleet-secret")).await.unwrap_err();
+        assert!(
+            matches!(err, StoreSpecError::Check(StoreError::SecretMismatch)),
+            "{err}"
+        );
+        assert!(open(spec, None).await.is_ok());
     }
 
     #[tokio::test]

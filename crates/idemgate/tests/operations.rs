@@ -281,6 +281,13 @@ fn bad_configuration_is_a_clear_start_up_error() {
         "--wait-in-flight",
         "IDEMGATE_TTL",
         "[[route]]",
+        "memory?capacity=N",
+        "./idemgate-data",
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "valkey://",
+        "postgres://",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
