@@ -4,6 +4,7 @@
 //! ([`Detach`]): a client that disconnects (the usual reason for a retry) must not cancel an
 //! exchange between its claim and its recorded outcome, and the common case pays no task switch.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +20,8 @@ use tokio::time::Instant;
 use crate::body::ResponseBody;
 use crate::layer::Shared;
 use crate::metrics::Outcome;
-use crate::service::log_request;
+use crate::service::{log_request, upstream_problem};
+use crate::{BoxError, UpstreamError};
 
 pin_project! {
     /// The response future of [`crate::Idempotency`].
@@ -78,6 +80,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
 impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    E: 'static,
 {
     type Output = Result<Response<ResponseBody<B>>, E>;
 
@@ -94,13 +97,7 @@ where
                     Ok(resp) => resp,
                     Err(e) => {
                         shared.metrics.outcome(Outcome::Bypassed);
-                        log_request(
-                            method,
-                            uri.path(),
-                            Outcome::Bypassed,
-                            http::StatusCode::BAD_GATEWAY,
-                            *start,
-                        );
+                        log_request(method, uri.path(), Outcome::Bypassed, error_status(&e), *start);
                         return Poll::Ready(Err(e));
                     }
                 };
@@ -114,6 +111,21 @@ where
             },
             KindProj::Managed { fut } => Pin::new(fut).poll(cx),
         }
+    }
+}
+
+/// The status a server answers an inner-service error with, for the access log: the status of
+/// [`upstream_problem`] when the error is an [`UpstreamError`] or a [`BoxError`] holding one (504
+/// for a timeout), else 502. The error's own type is not
+/// known here, hence the `Any` look-up.
+fn error_status<E: 'static>(e: &E) -> http::StatusCode {
+    let e: &dyn Any = e;
+    if let Some(u) = e.downcast_ref::<UpstreamError>() {
+        upstream_problem(u).status()
+    } else if let Some(b) = e.downcast_ref::<BoxError>() {
+        upstream_problem(&**b).status()
+    } else {
+        http::StatusCode::BAD_GATEWAY
     }
 }
 
@@ -219,5 +231,26 @@ impl<T> Drop for Detach<T> {
         if let Some(fut) = self.fut.take() {
             (self.spawn)(fut, &self.shared.detached);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Problem;
+
+    #[test]
+    fn the_access_log_gives_an_inner_error_the_status_it_is_answered_with() {
+        let timeout = UpstreamError::Timeout(Duration::from_secs(1));
+        assert_eq!(error_status(&timeout), http::StatusCode::GATEWAY_TIMEOUT);
+        let boxed: BoxError = Box::new(UpstreamError::Timeout(Duration::from_secs(1)));
+        assert_eq!(error_status(&boxed), http::StatusCode::GATEWAY_TIMEOUT);
+        let refused = UpstreamError::NotExecuted("connection refused".into());
+        assert_eq!(error_status(&refused), Problem::UpstreamUnavailable.status());
+        let broken: BoxError = "reset".into();
+        assert_eq!(error_status(&broken), http::StatusCode::BAD_GATEWAY);
+        assert_eq!(error_status(&std::io::Error::other("x")), http::StatusCode::BAD_GATEWAY);
     }
 }

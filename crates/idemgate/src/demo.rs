@@ -83,24 +83,34 @@ pub async fn start() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Prints what to try.
+/// Prints what to try, with a key new to this run: the records outlive the demo (in
+/// ./idemgate-data) but the demo API's charge count does not, so a key from an earlier run would
+/// replay that run's charge and the count would read 0.
 pub fn banner(gw: SocketAddr) {
+    let key = demo_key();
     println!(
         r#"
 idemgate demo: a payments API behind the gateway. Try, in another terminal:
 
   # 1. a first charge: executed once, 201
-  curl -i http://{gw}/payments -H 'Idempotency-Key: order-1001' -H 'Content-Type: application/json' -d '{{"amount":1999,"currency":"usd"}}'
+  curl -i http://{gw}/payments -H 'Idempotency-Key: {key}' -H 'Content-Type: application/json' -d '{{"amount":1999,"currency":"usd"}}'
 
   # 2. the same request again (a client retry): the stored 201 is replayed, with Idempotent-Replayed: true
-  curl -i http://{gw}/payments -H 'Idempotency-Key: order-1001' -H 'Content-Type: application/json' -d '{{"amount":1999,"currency":"usd"}}'
+  curl -i http://{gw}/payments -H 'Idempotency-Key: {key}' -H 'Content-Type: application/json' -d '{{"amount":1999,"currency":"usd"}}'
 
   # 3. the same key with a different body: 422 problem+json, nothing charged
-  curl -i http://{gw}/payments -H 'Idempotency-Key: order-1001' -H 'Content-Type: application/json' -d '{{"amount":5000,"currency":"usd"}}'
+  curl -i http://{gw}/payments -H 'Idempotency-Key: {key}' -H 'Content-Type: application/json' -d '{{"amount":5000,"currency":"usd"}}'
 
   # 4. how many charges the API really made (1)
   curl http://{gw}/payments
 
 Ctrl-C stops it."#
     );
+}
+
+/// `order-` and 8 random hex digits.
+fn demo_key() -> String {
+    let r = idemgate_core::scope::random_secret();
+    let hex: String = r[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("order-{hex}")
 }

@@ -98,6 +98,8 @@ async fn rule9_timeout_is_504_and_the_key_stays_locked_until_the_lock_timeout() 
         "300ms",
         "--lock-timeout",
         "3s",
+        "--log-format",
+        "json",
     ]);
     let http = Http::default();
     let url = gw.url("/pay?hang=1");
@@ -116,6 +118,17 @@ async fn rule9_timeout_is_504_and_the_key_stays_locked_until_the_lock_timeout() 
     .await;
     assert!(retried);
     assert_eq!(up.executions(), 2);
+    // A request without a key times out the same way, and its access-log line says 504 as well.
+    http.send("POST", &url, &[], "{}")
+        .await
+        .assert_problem(504, "upstream-timeout");
+    let logged = common::eventually(Duration::from_secs(5), || async {
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("\"outcome\":\"bypassed\"") && l.contains("\"status\":504"))
+    })
+    .await;
+    assert!(logged, "{}", gw.logs());
 }
 
 #[tokio::test]

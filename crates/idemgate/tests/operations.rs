@@ -378,6 +378,36 @@ async fn demo_runs_in_one_command_and_charges_once() {
     assert_eq!(count.json()["charges"], 1);
     // The demo runs on the embedded default store, in ./idemgate-data.
     assert!(dir.path().join("idemgate-data/records.log").exists());
+    // Its banner's curl lines work as printed, on this run and on the next one in the same
+    // directory (whose records are kept but whose demo API starts from 0 charges).
+    let mut keys = Vec::new();
+    drop(gw);
+    for _ in 0..2 {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idemgate"));
+        cmd.args(["demo", "--listen", "127.0.0.1:0"]).current_dir(dir.path());
+        let gw = Gateway::spawn(cmd);
+        let printed = eventually(Duration::from_secs(10), || async { gw.printed().contains("Ctrl-C") }).await;
+        assert!(printed, "no banner: {}", gw.printed());
+        let banner = gw.printed();
+        let key = banner
+            .split("Idempotency-Key: ")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap()
+            .to_string();
+        assert!(
+            banner.matches(&format!("Idempotency-Key: {key}'")).count() == 3,
+            "{banner}"
+        );
+        let first = http.post(&gw.url("/payments"), &key, body).await;
+        assert_eq!(first.status, 201, "{banner}");
+        assert!(!first.replayed());
+        assert!(http.post(&gw.url("/payments"), &key, body).await.replayed());
+        let count = http.send("GET", &gw.url("/payments"), &[], "").await;
+        assert_eq!(count.json()["charges"], 1);
+        keys.push(key);
+    }
+    assert_ne!(keys[0], keys[1], "each run prints a key of its own");
 }
 
 /// The scheduling policy (field 41) of every thread of `pid`, from `/proc/<pid>/task/*/stat`.

@@ -244,6 +244,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// What the gateway printed after its "listening" line (the demo's banner).
+    pub stdout: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 impl Drop for Gateway {
@@ -283,11 +285,23 @@ impl Gateway {
             });
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        // Lines go to `rx` until the "listening" line is read, then to `printed`; the switch happens
+        // under the lock, so no line is lost between the two.
+        let handover = Arc::new(Mutex::new(None::<Vec<String>>));
+        {
+            let handover = handover.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let mut after = handover.lock().unwrap();
+                    match after.as_mut() {
+                        Some(printed) => printed.push(line),
+                        None => {
+                            let _ = tx.send(line);
+                        }
+                    }
+                }
+            });
+        }
         let mut admin = None;
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
@@ -297,11 +311,16 @@ impl Gateway {
                     }
                     if let Some(rest) = line.strip_prefix("idemgate listening on http://") {
                         let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                        {
+                            let mut after = handover.lock().unwrap();
+                            *after = Some(rx.try_iter().collect());
+                        }
                         return Self {
                             child,
                             addr,
                             admin,
                             stderr: lines,
+                            stdout: handover,
                         };
                     }
                 }
@@ -343,6 +362,11 @@ impl Gateway {
 
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// What the gateway printed to stdout after its "listening" line.
+    pub fn printed(&self) -> String {
+        self.stdout.lock().unwrap().as_deref().unwrap_or_default().join("\n")
     }
 }
 
