@@ -10,8 +10,9 @@
 //!   `[u32 len][u32 crc32][op, record id, encoded record]`. The index points at entries inside
 //!   their frame; a replay reads one entry back and checks its own checksum.
 //! - **Durability.** Every write (claim, complete, release, delete, purge) is appended and
-//!   `fdatasync`ed before its future resolves, and only then published to the index: nothing a
-//!   crash could still lose is ever visible, so a replay is never served from such a record.
+//!   synced (`RWF_DSYNC`, or `fdatasync`) before its future resolves, and only then published
+//!   to the index: nothing a crash could still lose is ever visible, so a replay is never served
+//!   from such a record.
 //! - **Group commit.** One writer thread owns all writes. It takes every operation waiting in its
 //!   queue (up to [`MAX_BATCH`]), decides each in arrival order against the index plus the batch's
 //!   own changes (so the second claim of a key in one batch sees the first), appends all entries

@@ -3,10 +3,11 @@
 //! The writer owns every change to the log and the index. For each batch of queued operations it
 //! decides them in arrival order against the index plus an overlay of the batch's own changes,
 //! appends all their entries as one batch frame (see `format.rs`) with one positional write at
-//! the end of the log, `fdatasync`s once, and only then publishes the overlay to the index and
-//! answers the callers. If the write fails the batch fails and the file is truncated back; if the
-//! sync (or that truncation) fails the store stops, since the page cache may no longer match the
-//! disk. (A batch whose entries pass [`BATCH_SPLIT_BYTES`] is committed in several frames, each
+//! the end of the log that is durable when it returns (`pwritev2` with `RWF_DSYNC`; `pwrite` +
+//! `fdatasync` where the kernel lacks the flag), and only then publishes the overlay to the index
+//! and answers the callers. If a plain write fails the batch fails and the file is truncated back;
+//! if the sync, a synced write (either half may have failed) or that truncation fails the store
+//! stops, since the page cache may no longer match the disk. (A batch whose entries pass [`BATCH_SPLIT_BYTES`] is committed in several frames, each
 //! synced before the next is written, so a frame's body always fits its `u32` length.)
 //!
 //! **Preallocation.** Appending to a growing file makes every `fdatasync` journal the size change;
@@ -50,6 +51,32 @@ const PURGE_SCAN: usize = 4096;
 /// Once a batch's entries reach this many bytes, the operations decided so far are committed
 /// before the next one is decided (the rest of the batch goes into a new frame).
 const BATCH_SPLIT_BYTES: usize = 64 << 20;
+
+/// `EOPNOTSUPP` and `ENOSYS`: `pwritev2` or its `RWF_DSYNC` flag unknown to the kernel.
+const NOT_SUPPORTED: i32 = rustix::io::Errno::OPNOTSUPP.raw_os_error();
+const NO_SYSCALL: i32 = rustix::io::Errno::NOSYS.raw_os_error();
+
+/// Writes all of `buf` at `at` with `RWF_DSYNC`: each call returns once its bytes are durable,
+/// as if followed by `fdatasync`.
+fn write_all_dsync(file: &File, mut buf: &[u8], mut at: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pwritev2(
+            file,
+            &[std::io::IoSlice::new(buf)],
+            at,
+            rustix::io::ReadWriteFlags::DSYNC,
+        ) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                at += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
 
 /// What preallocation writes from.
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
@@ -207,6 +234,9 @@ pub(crate) struct Writer {
     purge_cursor: PurgeCursor,
     /// No compaction before the log reaches this size (raised after a failed compaction).
     compact_floor: u64,
+    /// Whether batches are written with `pwritev2(RWF_DSYNC)` (a write and its flush in one
+    /// call) rather than `pwrite` + `fdatasync`; cleared if the kernel refuses the flag.
+    dsync_writes: bool,
 }
 
 impl Writer {
@@ -224,6 +254,7 @@ impl Writer {
             alloc_end: file_len,
             live_bytes,
             compact_floor: options.compact_min_bytes,
+            dsync_writes: true,
             options,
             purge_cursor: PurgeCursor::default(),
         }
@@ -385,20 +416,31 @@ impl Writer {
     /// Appends the sealed batch `buf` at the end of the log and syncs it.
     fn append(&mut self, buf: &[u8]) -> Result<(), LogError> {
         let end = self.file_len + buf.len() as u64;
-        let written = self.preallocate(end).and_then(|()| {
-            self.file
-                .write_all_at(buf, self.file_len)
-                .map_err(|e| LogError::io("append a batch to", &self.shared.path, e))
-        });
-        if let Err(err) = written {
-            // Cut the partial batch (and any preallocation) off, so the next batch continues after
-            // the last good one.
-            self.alloc_end = self.file_len;
-            if let Err(e2) = self.file.set_len(self.file_len).and_then(|()| self.file.sync_all()) {
-                self.shared
-                    .fail(format!("{err}, and truncating the partial write away failed: {e2}"));
+        if let Err(err) = self.preallocate(end) {
+            return Err(self.cut_back(err));
+        }
+        if self.dsync_writes {
+            match write_all_dsync(&self.file, buf, self.file_len) {
+                Ok(()) => {
+                    self.set_file_len(end);
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(NOT_SUPPORTED) || e.raw_os_error() == Some(NO_SYSCALL) => {
+                    // Nothing was written: use a plain write and `fdatasync` from now on.
+                    tracing::debug!("pwritev2(RWF_DSYNC) is not supported here; using write + fdatasync");
+                    self.dsync_writes = false;
+                }
+                Err(e) => {
+                    // Written and flushed in one call: whether the data reached the disk is
+                    // unknown, as after a failed fsync.
+                    let err = LogError::io("append and sync a batch to", &self.shared.path, e);
+                    self.shared.fail(err.to_string());
+                    return Err(err);
+                }
             }
-            return Err(err);
+        }
+        if let Err(e) = self.file.write_all_at(buf, self.file_len) {
+            return Err(self.cut_back(LogError::io("append a batch to", &self.shared.path, e)));
         }
         if let Err(e) = self.file.sync_data() {
             let err = LogError::io("fsync", &self.shared.path, e);
@@ -409,6 +451,17 @@ impl Writer {
         }
         self.set_file_len(end);
         Ok(())
+    }
+
+    /// Cuts a partial batch (and any preallocation) off after a failed write, so the next batch
+    /// continues after the last good one; returns `err`.
+    fn cut_back(&mut self, err: LogError) -> LogError {
+        self.alloc_end = self.file_len;
+        if let Err(e2) = self.file.set_len(self.file_len).and_then(|()| self.file.sync_all()) {
+            self.shared
+                .fail(format!("{err}, and truncating the partial write away failed: {e2}"));
+        }
+        err
     }
 
     /// Makes sure the file is zero-filled (and its size synced) up to at least `end`, growing it
@@ -583,5 +636,36 @@ impl Writer {
         }
         tmp.sync_all().map_err(err("fsync"))?;
         Ok((tmp, pos, live, moved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_synced_write_lands_at_its_offset_and_leaves_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(&[7; 64], 0).unwrap();
+        match write_all_dsync(&file, b"batch", 16) {
+            Ok(()) => {}
+            // A kernel without the flag: the writer falls back to pwrite + fdatasync.
+            Err(e) if matches!(e.raw_os_error(), Some(NOT_SUPPORTED | NO_SYSCALL)) => return,
+            Err(e) => panic!("{e}"),
+        }
+        let mut back = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut back).unwrap();
+        let mut want = vec![7; 64];
+        want[16..21].copy_from_slice(b"batch");
+        assert_eq!(back, want);
     }
 }
