@@ -172,7 +172,13 @@ pub(crate) struct Policy {
 
 impl Policy {
     pub(crate) fn protects(&self, method: &Method) -> bool {
-        self.enabled && self.methods.iter().any(|m| m == method)
+        // Methods are case-sensitive in HTTP, but an upstream that takes `post` for POST would
+        // otherwise execute it unprotected: compared without case.
+        self.enabled
+            && self
+                .methods
+                .iter()
+                .any(|m| m == method || m.as_str().eq_ignore_ascii_case(method.as_str()))
     }
 }
 
@@ -213,7 +219,7 @@ impl Policies {
                         .unwrap_or_else(|| default.release_statuses.clone()),
                     wait_in_flight: o.wait_in_flight.unwrap_or(default.wait_in_flight),
                 };
-                (r.prefix.clone(), Arc::new(p))
+                (normalize_path(&r.prefix).into_owned(), Arc::new(p))
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
@@ -223,12 +229,70 @@ impl Policies {
         }
     }
 
+    /// The policy of the route whose prefix matches `path` once normalised (see
+    /// [`normalize_path`]), so `//payments` or `/a/../payments` cannot dodge the `/payments` route
+    /// at an upstream that normalises paths (nginx merges slashes, most routers resolve dot
+    /// segments). What is forwarded and fingerprinted stays the path as received.
     pub(crate) fn for_path(&self, path: &str) -> &Arc<Policy> {
+        if self.routes.is_empty() {
+            return &self.default;
+        }
+        let path = normalize_path(path);
         self.routes
             .iter()
-            .find(|(prefix, _)| path_has_prefix(path, prefix))
+            .find(|(prefix, _)| path_has_prefix(&path, prefix))
             .map_or(&self.default, |(_, p)| p)
     }
+}
+
+/// A path as routers compare it: percent-encoded unreserved characters decoded (`%70` → `p`,
+/// RFC 3986 §6.2.2.2), repeated slashes merged, `.` and `..` segments resolved (§5.2.4; `..`
+/// never climbs above the root). Borrowed when there is nothing to change.
+pub(crate) fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let b = path.as_bytes();
+    let plain = !b.contains(&b'%') && !path.contains("//") && !path.split('/').any(|seg| seg == "." || seg == "..");
+    if plain {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        // Byte by byte is safe: a `%` escape is ASCII, and everything else is copied whole.
+        let len = path[i..].chars().next().map_or(1, char::len_utf8);
+        decoded.push_str(&path[i..i + len]);
+        i += len;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out = String::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `/payments` matches `/payments`, `/payments/` and `/payments/1`, not `/paymentsx`.
@@ -280,6 +344,58 @@ mod tests {
         );
         assert!(p.for_path("/").protects(&Method::POST));
         assert!(!p.for_path("/").protects(&Method::PUT));
+    }
+
+    #[test]
+    fn routes_match_the_normalised_path() {
+        let cfg = IdempotencyConfig {
+            routes: vec![RoutePolicy {
+                prefix: "/payments".into(),
+                overrides: PolicyOverrides {
+                    require_key: Some(true),
+                    ..Default::default()
+                },
+            }],
+            ..Default::default()
+        };
+        let p = Policies::resolve(&cfg);
+        for path in [
+            "/payments",
+            "//payments",
+            "/./payments/",
+            "/a/../payments/1",
+            "/../payments",
+            "/%70ayments",
+            "/%70%61yments//1",
+            "/payments/.",
+        ] {
+            assert!(p.for_path(path).require_key, "{path}");
+        }
+        for path in [
+            "/paymentsx",
+            "/payments/../other",
+            "/%2Fpayments",
+            "/pay%2Fments",
+            "/a/payments",
+            "/%",
+        ] {
+            assert!(!p.for_path(path).require_key, "{path}");
+        }
+        assert_eq!(normalize_path("/a/b"), "/a/b");
+        assert!(matches!(normalize_path("/a/b/"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(normalize_path("/a//b/./c/../"), "/a/b/");
+        assert_eq!(normalize_path("/.."), "/");
+        assert_eq!(normalize_path("/caf%C3%A9/%7e%zz%4"), "/caf%C3%A9/~%zz%4");
+        assert_eq!(normalize_path("/é//x"), "/é/x");
+    }
+
+    #[test]
+    fn methods_are_protected_whatever_their_case() {
+        let p = Policies::resolve(&IdempotencyConfig::default());
+        let lower = Method::from_bytes(b"post").unwrap();
+        assert!(p.for_path("/").protects(&lower));
+        assert!(p.for_path("/").protects(&Method::PATCH));
+        assert!(!p.for_path("/").protects(&Method::from_bytes(b"get").unwrap()));
     }
 
     #[test]

@@ -255,7 +255,7 @@ impl<S> Protected<S> {
                     let req = Request::from_parts(parts, RequestBody::full(body));
                     // Boxed: this future is moved (copied) with every protected request, replays
                     // included, and the execution's state is most of its size.
-                    let executed = AssertUnwindSafe(Box::pin(self.execute(req, id, token, claimed)))
+                    let executed = AssertUnwindSafe(Box::pin(self.execute(req, id, token, t, claimed)))
                         .catch_unwind()
                         .await;
                     return Ok(executed.unwrap_or_else(|_| {
@@ -311,13 +311,14 @@ impl<S> Protected<S> {
         }
     }
 
-    /// Forwards the request this claim owns (claimed at `started`) and records (or releases)
-    /// its outcome.
+    /// Forwards the request this claim owns (asked for at `lease_start`, the time the stored
+    /// lease counts from or later; granted at `started`) and records (or releases) its outcome.
     async fn execute<ReqB, ResB>(
         &mut self,
         req: Request<RequestBody<ReqB>>,
         id: RecordId,
         token: FencingToken,
+        lease_start: Instant,
         started: Instant,
     ) -> (Reply<ResB>, Outcome)
     where
@@ -326,7 +327,9 @@ impl<S> Protected<S> {
         ResB: Body<Data = Bytes> + Unpin,
         ResB::Error: Into<BoxError> + Send,
     {
-        let lease_end = started + Duration::from_millis(self.policy.lease_ms);
+        // From before the claim, as the stored lease: a slow claim shortens the time this
+        // request may run rather than letting it outlive its lease, when a retry may take over.
+        let lease_end = lease_start + Duration::from_millis(self.policy.lease_ms);
         let lock_secs = self.policy.lease_ms.div_ceil(1000).max(1);
         let resp = match self.inner.call(req).await {
             Ok(resp) => resp,

@@ -207,8 +207,15 @@ impl Admin {
 /// Serves the admin API until the task is dropped.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off as the main listener does
+                // instead of spinning a core.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let admin = admin.clone();
         tokio::spawn(async move {

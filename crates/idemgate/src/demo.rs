@@ -68,6 +68,8 @@ pub async fn start() -> anyhow::Result<SocketAddr> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             };
             let charges = charges.clone();

@@ -147,7 +147,7 @@ async fn run(
     let listener = if !own_threads {
         TcpListener::bind(settings.listen).await
     } else {
-        server::bind_reuseport(settings.listen).and_then(TcpListener::from_std)
+        server::bind_reuseport_first(settings.listen).and_then(TcpListener::from_std)
     }
     .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;

@@ -298,6 +298,24 @@ where
     Ok(())
 }
 
+/// Binds the first of the serving threads' listeners: as [`bind_reuseport`], after checking that
+/// no other socket holds `addr`. `SO_REUSEPORT` alone would let a second gateway (or anything
+/// else that set it) share the port silently and split the traffic between two processes, and
+/// so between two stores; a plain bind, which conflicts with any listener on the port, fails
+/// first with "address in use". (A socket in TIME_WAIT does not conflict: `SO_REUSEADDR`.)
+pub fn bind_reuseport_first(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    if addr.port() != 0 {
+        let probe = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr)?;
+    }
+    bind_reuseport(addr)
+}
+
 /// Binds `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), so one listener per serving thread can
 /// share the port and the kernel spreads connections across them.
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -41,7 +41,8 @@ pub struct ServeArgs {
     #[arg(long, env = "IDEMGATE_SCOPE_HEADER")]
     pub scope_header: Option<HeaderName>,
     /// Refuse protected requests without a key (400) instead of forwarding them.
-    #[arg(long, env = "IDEMGATE_REQUIRE_KEY", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "IDEMGATE_REQUIRE_KEY", num_args = 0..=1, default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new())]
     pub require_key: Option<bool>,
     /// Largest request body accepted on protected requests; larger → 413 [default: 10MiB].
     #[arg(long, env = "IDEMGATE_MAX_BODY", value_parser = parse_size)]
@@ -68,13 +69,14 @@ pub struct ServeArgs {
     #[arg(long, env = "IDEMGATE_WAIT_IN_FLIGHT", value_parser = parse_duration)]
     pub wait_in_flight: Option<Duration>,
     /// Protected methods, comma-separated [default: POST,PATCH].
-    #[arg(long, env = "IDEMGATE_METHODS", value_delimiter = ',')]
+    #[arg(long, env = "IDEMGATE_METHODS", value_delimiter = ',', value_parser = parse_method)]
     pub methods: Option<Vec<Method>>,
     /// Request headers included in the fingerprint, comma-separated [default: content-type].
     #[arg(long, env = "IDEMGATE_FINGERPRINT_HEADERS", value_delimiter = ',')]
     pub fingerprint_headers: Option<Vec<HeaderName>>,
     /// Fingerprint JSON bodies canonically (key order and whitespace do not matter).
-    #[arg(long, env = "IDEMGATE_CANONICAL_JSON", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "IDEMGATE_CANONICAL_JSON", num_args = 0..=1, default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new())]
     pub canonical_json: Option<bool>,
     /// Upstream statuses that are not stored and release the key, comma-separated [default: 429,503].
     #[arg(long, env = "IDEMGATE_RELEASE_STATUSES", value_delimiter = ',', value_parser = parse_status)]
@@ -103,8 +105,9 @@ pub struct ServeArgs {
     #[arg(long, env = "IDEMGATE_PURGE_INTERVAL", value_parser = parse_duration)]
     pub purge_interval: Option<Duration>,
     /// Serving threads, each with its own listener on the port (SO_REUSEPORT), event loop and
-    /// upstream pool; 1 serves from one shared multi-threaded runtime instead
-    /// [default: the number of CPUs with the memory or embedded store, 1 with Redis or PostgreSQL].
+    /// upstream pool (with a Redis Cluster or PostgreSQL store, 1 serves from one shared
+    /// multi-threaded runtime instead) [default: the number of CPUs, 1 with a Redis Cluster or
+    /// PostgreSQL]. Another process already listening on the port is a start-up error.
     #[arg(long, env = "IDEMGATE_THREADS")]
     pub threads: Option<usize>,
     /// Linux scheduling policy of the gateway's threads: `batch` (SCHED_BATCH: a thread woken by
@@ -127,6 +130,11 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .map_err(|e| format!("{e} (examples: 10MiB, 512KiB, 4096)"))
 }
 
+/// Parses a method name, upper-cased (`post` is POST, as in the config file).
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::from_bytes(s.trim().to_ascii_uppercase().as_bytes()).map_err(|e| format!("{s:?}: {e}"))
+}
+
 fn parse_status(s: &str) -> Result<StatusCode, String> {
     s.trim()
         .parse::<u16>()
@@ -143,28 +151,51 @@ pub struct FileConfig {
     listen: Option<SocketAddr>,
     store: Option<String>,
     ttl: Option<String>,
+    #[serde(alias = "lock-timeout")]
     lock_timeout: Option<String>,
+    #[serde(alias = "key-header")]
     key_header: Option<String>,
+    #[serde(alias = "scope-header")]
     scope_header: Option<String>,
+    #[serde(alias = "require-key")]
     require_key: Option<bool>,
+    #[serde(alias = "max-body")]
     max_body: Option<String>,
+    #[serde(alias = "max-response-body")]
     max_response_body: Option<String>,
+    #[serde(alias = "upstream-timeout")]
     upstream_timeout: Option<String>,
+    #[serde(alias = "admin-listen")]
     admin_listen: Option<SocketAddr>,
+    #[serde(alias = "admin-token-file")]
     admin_token_file: Option<PathBuf>,
+    #[serde(alias = "log-format")]
     log_format: Option<String>,
+    #[serde(alias = "wait-in-flight")]
     wait_in_flight: Option<String>,
     methods: Option<Vec<String>>,
+    #[serde(alias = "release-statuses")]
     release_statuses: Option<Vec<u16>>,
+    #[serde(alias = "stream-content-types")]
     stream_content_types: Option<Vec<String>>,
+    #[serde(alias = "on-store-error")]
     on_store_error: Option<String>,
+    #[serde(alias = "scope-secret-file")]
     scope_secret_file: Option<PathBuf>,
+    #[serde(alias = "shutdown-timeout")]
     shutdown_timeout: Option<String>,
+    #[serde(alias = "header-timeout")]
     header_timeout: Option<String>,
+    #[serde(alias = "purge-interval")]
     purge_interval: Option<String>,
     threads: Option<usize>,
     scheduler: Option<String>,
     fingerprint: Option<FileFingerprint>,
+    /// The flags' names for `fingerprint.headers` and `fingerprint.canonical_json`.
+    #[serde(alias = "fingerprint-headers")]
+    fingerprint_headers: Option<Vec<String>>,
+    #[serde(alias = "canonical-json")]
+    canonical_json: Option<bool>,
     #[serde(default, rename = "route")]
     routes: Vec<FileRoute>,
 }
@@ -173,6 +204,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileFingerprint {
     headers: Option<Vec<String>>,
+    #[serde(alias = "canonical-json")]
     canonical_json: Option<bool>,
 }
 
@@ -182,9 +214,13 @@ struct FileRoute {
     prefix: String,
     methods: Option<Vec<String>>,
     ttl: Option<String>,
+    #[serde(alias = "lock-timeout")]
     lock_timeout: Option<String>,
+    #[serde(alias = "require-key")]
     require_key: Option<bool>,
+    #[serde(alias = "release-statuses")]
     release_statuses: Option<Vec<u16>>,
+    #[serde(alias = "wait-in-flight")]
     wait_in_flight: Option<String>,
     enabled: Option<bool>,
     fingerprint: Option<FileFingerprint>,
@@ -305,7 +341,28 @@ impl Settings {
         };
         let d = IdempotencyConfig::default();
         let upstream = args.upstream.or(file.upstream).ok_or(SettingsError::NoUpstream)?;
-        let file_fp = file.fingerprint.clone().unwrap_or_default();
+        let mut file_fp = file.fingerprint.clone().unwrap_or_default();
+        // The flags' names at the top level, or the `fingerprint` table; not both.
+        for (top, nested, name) in [
+            (
+                file.fingerprint_headers.is_some(),
+                file_fp.headers.is_some(),
+                "fingerprint_headers",
+            ),
+            (
+                file.canonical_json.is_some(),
+                file_fp.canonical_json.is_some(),
+                "canonical_json",
+            ),
+        ] {
+            if top && nested {
+                return Err(invalid(name)(format!(
+                    "set in the config file twice, as `{name}` and in the `fingerprint` table"
+                )));
+            }
+        }
+        file_fp.headers = file_fp.headers.or(file.fingerprint_headers);
+        file_fp.canonical_json = file_fp.canonical_json.or(file.canonical_json);
         let fingerprint = FingerprintOptions {
             headers: match args.fingerprint_headers {
                 Some(h) => h,
@@ -429,12 +486,18 @@ impl Settings {
             .unwrap_or(Duration::from_secs(30));
         // A zero TTL would forget every response at once and a zero lease would let any repeat
         // take over a running request: both would silently turn idempotency off, and a zero
-        // upstream timeout would fail every request. The layer counts in milliseconds, so less
-        // than 1 ms is zero.
+        // upstream timeout would fail every request, a zero header timeout close every
+        // connection before its first request. The layer counts in milliseconds, so less than
+        // 1 ms is zero.
+        let header_timeout = args
+            .header_timeout
+            .or(dur("header_timeout", file.header_timeout)?)
+            .unwrap_or(Duration::from_secs(30));
         let spans = [
             ("ttl", Some(layer.ttl)),
             ("lock_timeout", Some(layer.lock_timeout)),
             ("upstream_timeout", Some(upstream_timeout)),
+            ("header_timeout", Some(header_timeout)),
         ]
         .into_iter()
         .chain(layer.routes.iter().flat_map(|r| {
@@ -498,11 +561,7 @@ impl Settings {
                 .shutdown_timeout
                 .or(dur("shutdown_timeout", file.shutdown_timeout)?)
                 .unwrap_or(Duration::from_secs(30)),
-            header_timeout: args
-                .header_timeout
-                .or(dur("header_timeout", file.header_timeout)?)
-                .unwrap_or(Duration::from_secs(30))
-                .max(Duration::from_millis(1)),
+            header_timeout,
             purge_interval: args
                 .purge_interval
                 .or(dur("purge_interval", file.purge_interval)?)
@@ -610,6 +669,13 @@ fingerprint = { canonical_json = true }
                 },
                 "`upstream_timeout`",
             ),
+            (
+                ServeArgs {
+                    header_timeout: zero,
+                    ..Default::default()
+                },
+                "`header_timeout`",
+            ),
         ] {
             let err = resolve("", args).unwrap_err().to_string();
             assert!(err.contains(name) && err.contains("at least 1ms"), "{err}");
@@ -688,6 +754,61 @@ fingerprint = { canonical_json = true }
             let err = resolve(&[bad]).unwrap_err().to_string();
             assert!(err.contains("`stream_content_types`"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn flags_and_the_file_take_names_as_users_write_them() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let argv = ["idemgate", "--upstream", "http://x"].iter().chain(extra).copied();
+            <Cli as clap::Parser>::try_parse_from(argv).map(|c| Settings::resolve(c.args).unwrap())
+        };
+        let s = parse(&["--methods", "post,Put", "--require-key", "1", "--canonical-json=yes"]).unwrap();
+        assert_eq!(s.layer.methods, [Method::POST, Method::PUT]);
+        assert!(s.layer.require_key);
+        assert!(s.layer.fingerprint.canonical_json);
+        let s = parse(&["--require-key=off", "--canonical-json", "0"]).unwrap();
+        assert!(!s.layer.require_key && !s.layer.fingerprint.canonical_json);
+        assert!(parse(&["--require-key=maybe"]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idemgate.toml");
+        let from_file = |body: &str| {
+            std::fs::write(&path, body).unwrap();
+            Settings::resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let s = from_file(
+            r#"
+upstream = "http://x"
+lock-timeout = "5s"
+require-key = true
+canonical_json = true
+fingerprint_headers = ["content-type", "x-tenant"]
+[[route]]
+prefix = "/p"
+wait-in-flight = "2s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.layer.lock_timeout, Duration::from_secs(5));
+        assert!(s.layer.require_key);
+        assert!(s.layer.fingerprint.canonical_json);
+        assert_eq!(s.layer.fingerprint.headers.len(), 2);
+        assert_eq!(
+            s.layer.routes[0].overrides.wait_in_flight,
+            Some(Some(Duration::from_secs(2)))
+        );
+        let err =
+            from_file("upstream = \"http://x\"\ncanonical_json = true\nfingerprint = { canonical_json = false }\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pattern, Gateway, Http, Upstream};
+use common::{memory_config, pattern, Gateway, Http, Upstream};
 
 fn free_port() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -62,17 +62,11 @@ async fn rule9_429_and_503_release_the_key_other_statuses_are_stored() {
 #[tokio::test]
 async fn rule9_release_statuses_are_a_per_route_setting() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("idemgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "upstream = \"{}\"\nstore = \"memory\"\n[[route]]\nprefix = \"/flaky\"\nrelease_statuses = [500, 502, 503, 429]\n",
-            up.url()
-        ),
-    )
-    .unwrap();
-    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]);
+    let (_dir, cfg) = memory_config(
+        &up,
+        "[[route]]\nprefix = \"/flaky\"\nrelease_statuses = [500, 502, 503, 429]\n",
+    );
+    let gw = Gateway::start(&["--config", &cfg]);
     let http = Http::default();
     for _ in 0..2 {
         assert!(!http.post(&gw.url("/flaky?status=500"), "a", "{}").await.replayed());

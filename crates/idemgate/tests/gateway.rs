@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Gateway, Http, Upstream};
+use common::{eventually, memory_config, Gateway, Http, Upstream};
 
 fn memory(up: &Upstream) -> Vec<String> {
     vec!["--upstream".into(), up.url(), "--store".into(), "memory".into()]
@@ -240,6 +240,30 @@ async fn rule6_other_methods_pass_through_and_are_never_stored() {
     // The key was never stored: a POST with it executes.
     assert!(!http.post(&gw.url("/pay"), "k", "{}").await.replayed());
     assert_eq!(up.executions(), 7);
+}
+
+#[tokio::test]
+async fn rule6_methods_and_routes_match_as_an_upstream_reads_them() {
+    let up = Upstream::start().await;
+    // Kebab-case names (as the flags spell them) work in the file too.
+    let (_dir, cfg) = memory_config(&up, "[[route]]\nprefix = \"/payments\"\nrequire-key = true\n");
+    // `--methods post,put`: lower case names the same methods as upper case.
+    let gw = Gateway::start(&["--config", &cfg, "--methods", "post,put"]);
+    let http = Http::default();
+    for path in ["/payments", "//payments", "/%70ayments/1", "/x/..//payments"] {
+        http.send("POST", &gw.url(path), &[], "{}")
+            .await
+            .assert_problem(400, "missing-key");
+    }
+    assert_eq!(up.executions(), 0, "no path form dodges the route's require-key");
+    for (method, n) in [("PUT", 1), ("put", 2)] {
+        let key = [("idempotency-key", method)];
+        let first = http.send(method, &gw.url(&format!("/other/{n}")), &key, "{}").await;
+        assert!(!first.replayed());
+        let again = http.send(method, &gw.url(&format!("/other/{n}")), &key, "{}").await;
+        assert!(again.replayed(), "{method} is protected");
+        assert_eq!(up.executions(), n);
+    }
 }
 
 #[tokio::test]

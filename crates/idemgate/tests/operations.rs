@@ -294,6 +294,47 @@ fn bad_configuration_is_a_clear_start_up_error() {
 }
 
 #[tokio::test]
+async fn a_second_gateway_on_a_busy_port_is_a_start_up_error() {
+    let up = Upstream::start().await;
+    // Serving threads share their port with SO_REUSEPORT; another process must not join them
+    // (it would split the traffic, and so the keys, between two stores).
+    for threads in ["1", "2"] {
+        let gw = Gateway::start(&["--upstream", &up.url(), "--store", "memory", "--threads", threads]);
+        let mut second = Command::new(env!("CARGO_BIN_EXE_idemgate"))
+            .args([
+                "serve",
+                "--upstream",
+                &up.url(),
+                "--store",
+                "memory",
+                "--threads",
+                threads,
+            ])
+            .args(["--listen", &gw.addr.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = second.id().to_string();
+        let stderr = second.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut { stderr }, &mut err);
+            let _ = tx.send((second.wait(), err));
+        });
+        let Ok((status, err)) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("a second gateway started on {} (--threads {threads})", gw.addr);
+        };
+        assert!(!status.unwrap().success());
+        assert!(err.contains("cannot listen on") && err.contains("in use"), "{err}");
+        // The first one still serves.
+        assert_eq!(Http::default().post(&gw.url("/p"), threads, "{}").await.status, 201);
+    }
+}
+
+#[tokio::test]
 async fn environment_variables_configure_the_gateway() {
     let up = Upstream::start().await;
     let gw = Gateway::start_env(
@@ -301,7 +342,7 @@ async fn environment_variables_configure_the_gateway() {
         &[
             ("IDEMGATE_UPSTREAM", &up.url()),
             ("IDEMGATE_STORE", "memory"),
-            ("IDEMGATE_REQUIRE_KEY", "true"),
+            ("IDEMGATE_REQUIRE_KEY", "1"),
         ],
     );
     let http = Http::default();

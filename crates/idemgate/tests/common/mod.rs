@@ -133,6 +133,21 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .collect()
 }
 
+/// A `--config` file in a new temporary directory: `upstream` (this upstream), `store = "memory"`,
+/// then `rest`. Returns the directory (removed when dropped) and the file's path.
+#[allow(dead_code)]
+pub fn memory_config(up: &Upstream, rest: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idemgate.toml");
+    std::fs::write(
+        &path,
+        format!("upstream = \"{}\"\nstore = \"memory\"\n{rest}", up.url()),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}
+
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
 }
