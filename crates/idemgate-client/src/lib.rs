@@ -5,8 +5,11 @@
 //! server behind idemgate (the gateway or the `idemgate-tower` layer) executes the operation once
 //! and replays its recorded answer to every retry:
 //!
-//! - **retried**: transport errors (connection refused or reset, a response cut off), timeouts,
-//!   and the statuses 409 (`request-in-progress`), 429, 502, 503 and 504;
+//! - **retried**: transport errors (connection refused or reset, a connection closed before the
+//!   response head), timeouts, and the statuses 409 (`request-in-progress`), 429, 502, 503 and
+//!   504. A response whose head arrived is handed to the caller as it streams: if its body is then
+//!   cut off, reading it fails in the caller, and [`idempotency_key`] on the response gives the
+//!   key to send the request again with (the server replays its record);
 //! - **never retried**: any other status (400, 422 `key-reused`, 500, …), errors from other
 //!   middleware, and requests the middleware cannot safely repeat (see below);
 //! - **backoff**: exponential with full jitter: before retry `n` (from 0) it sleeps a random
@@ -318,7 +321,11 @@ impl Middleware for IdempotencyMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let start = Instant::now();
-        let deadline_at = start + self.deadline;
+        // `deadline(Duration::MAX)` means no deadline: an instant too far to represent is
+        // replaced by one thirty years on, as tokio does for its own far-off timers.
+        let deadline_at = start
+            .checked_add(self.deadline)
+            .unwrap_or_else(|| start + Duration::from_secs(30 * 365 * 86_400));
 
         let key = match req.headers().get(&self.key_header) {
             Some(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
@@ -413,7 +420,10 @@ impl Middleware for IdempotencyMiddleware {
 
 /// Sleeps `wait` if that ends before `deadline` (leaving time for an attempt); false otherwise.
 async fn sleep_within(wait: Duration, deadline: Instant) -> bool {
-    let wake = Instant::now() + wait;
+    // A `Retry-After` of 10²⁰ seconds saturates to `u64::MAX` seconds: too far for an instant.
+    let Some(wake) = Instant::now().checked_add(wait) else {
+        return false;
+    };
     if wake >= deadline {
         return false;
     }

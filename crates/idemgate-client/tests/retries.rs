@@ -214,6 +214,21 @@ async fn retry_after_past_the_deadline_returns_the_answer_at_once() {
 }
 
 #[tokio::test]
+async fn absurd_retry_after_values_and_deadlines_do_not_overflow() {
+    // 10^20 seconds saturates to u64::MAX seconds, too far for an `Instant`: past any deadline.
+    let server = Script::start(vec![Respond(503, vec![("retry-after", "99999999999999999999")])]).await;
+    let c = client(fast().deadline(Duration::from_secs(2)));
+    let resp = c.post(server.url("/x")).body("a").send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), attempts(&resp)), (503, Some(1)));
+    // No deadline at all (Duration::MAX) still retries and ends with the answer.
+    let server = Script::start(vec![Respond(503, vec![("retry-after", "0")])]).await;
+    let c = client(fast().deadline(Duration::MAX));
+    let resp = c.post(server.url("/x")).body("a").send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(attempts(&resp), Some(2));
+}
+
+#[tokio::test]
 async fn a_caller_key_is_kept_on_every_attempt() {
     let server = Script::start(vec![Respond(502, vec![]), Respond(504, vec![]), Respond(429, vec![])]).await;
     let c = client(fast());

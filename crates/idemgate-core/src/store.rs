@@ -34,6 +34,11 @@ pub enum StoreError {
         /// The configured capacity.
         capacity: usize,
     },
+    /// The store's server refuses writes for lack of memory or disk (Redis `OOM` under
+    /// `maxmemory-policy noeviction`, PostgreSQL `53100` disk full or `53200` out of memory): as
+    /// with [`StoreError::Full`], nothing may run unprotected, whatever `on_store_error` says.
+    #[error("store is out of space: {0}")]
+    OutOfSpace(String),
     /// The store was initialised by gateways with another scope secret: their record ids and
     /// ours would never match, so every replay would silently be missed.
     #[error("the store belongs to a deployment with a different scope secret; give every gateway the same --scope-secret-file")]

@@ -64,8 +64,11 @@
 //!   transient failure is never cached. [`RunOnce::run_with`] classifies each error as
 //!   [`Failure::Retryable`] (released) or [`Failure::Permanent`] (recorded; duplicates get
 //!   [`RunError::FailedBefore`] until the TTL ends or the key is [forgotten](RunOnce::forget)).
-//! - **A panic** in the function (or while creating its future) releases the key, then the panic
-//!   continues in the caller: a crashed attempt never locks the key until the lock timeout.
+//! - **A panic** in the function (or while creating its future) continues in the caller and
+//!   leaves the key locked until the lock timeout, as a crashed worker would and as the HTTP
+//!   layer does: the panic may have come after the job's effect, so it is not run again at once.
+//!   After the lock timeout the next duplicate takes the key over. Return an error classified
+//!   [`Failure::Retryable`] instead where a failure is known to have done nothing.
 //! - **Dropping the future** returned by `run` after the claim (a `tokio::time::timeout` around
 //!   it, an aborted task) runs no clean-up: the key stays locked until the lock timeout
 //!   ([`RunOnceBuilder::lock_timeout`]) ends, then the next duplicate takes it over. Bound the
@@ -444,8 +447,10 @@ impl RunOnce {
         let outcome = AssertUnwindSafe(async move { f().await }).catch_unwind().await;
         match outcome {
             Err(panic) => {
-                tracing::warn!(namespace = %self.inner.namespace, record = ?id, "job panicked; key released");
-                self.release(id, token).await;
+                // The panic may have come after the job's effect (a charge made, then a panic
+                // while building the receipt): as a crashed worker's, the key stays locked until
+                // the lock timeout, as in the HTTP layer, instead of inviting an immediate rerun.
+                tracing::error!(namespace = %self.inner.namespace, record = ?id, "job panicked; the key stays locked until its lock timeout ends");
                 std::panic::resume_unwind(panic)
             }
             Ok(Ok(value)) => match serde_json::to_vec(&value) {

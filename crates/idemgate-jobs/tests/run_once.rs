@@ -377,32 +377,50 @@ async fn namespaces_are_isolated(kind: Kind) {
     }
 }
 
-async fn a_panic_releases_the_key(kind: Kind) {
+/// A panic may come after the job's effect: the key stays locked (duplicates get `InProgress`)
+/// until the lock timeout, then a duplicate takes it over.
+async fn a_panic_keeps_the_key_locked_until_the_lock_timeout(kind: Kind) {
     let env = open(kind).await;
-    let jobs = jobs(&env, "panic");
-    let j = jobs.clone();
-    let task = tokio::spawn(async move {
-        j.run("p", &1, || async {
-            if true {
-                panic!("job crashed");
+    let jobs = RunOnce::builder(env.store.clone(), SECRET)
+        .namespace(unique("panic"))
+        .lock_timeout(Duration::from_millis(300))
+        .build();
+    for key in ["p", "q"] {
+        let j = jobs.clone();
+        let task = tokio::spawn(async move {
+            if key == "p" {
+                j.run(key, &1, || async {
+                    if true {
+                        panic!("job crashed");
+                    }
+                    Ok::<u8, JobError>(0)
+                })
+                .await
+            } else {
+                // A panic while creating the future is the same.
+                j.run(key, &1, || -> std::future::Ready<Result<u8, JobError>> {
+                    panic!("no future")
+                })
+                .await
             }
-            Ok::<u8, JobError>(0)
-        })
-        .await
-    });
-    let err = timeout(BOUND, task).await.unwrap().unwrap_err();
-    assert!(err.is_panic(), "the panic reaches the caller");
-    // A panic while creating the future releases too.
-    let j = jobs.clone();
-    let task = tokio::spawn(async move {
-        j.run("p", &1, || -> std::future::Ready<Result<u8, JobError>> {
-            panic!("no future")
-        })
-        .await
-    });
-    assert!(timeout(BOUND, task).await.unwrap().unwrap_err().is_panic());
-    let r = jobs.run("p", &1, || async { Ok::<_, JobError>(1u8) }).await.unwrap();
-    assert_eq!(r, Run::Executed(1));
+        });
+        let err = timeout(BOUND, task).await.unwrap().unwrap_err();
+        assert!(err.is_panic(), "the panic reaches the caller");
+        let started = Instant::now();
+        let mut refused = 0;
+        let rerun = loop {
+            match jobs.run(key, &1, || async { Ok::<_, JobError>(1u8) }).await {
+                Err(RunError::InProgress { retry_after }) => {
+                    refused += 1;
+                    assert!(started.elapsed() < BOUND, "the lock never ended");
+                    tokio::time::sleep(retry_after.min(Duration::from_millis(50))).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert!(refused > 0, "{key}: a duplicate right after the panic must not run");
+        assert_eq!(rerun, Run::Executed(1), "{key}: taken over after the lock timeout");
+    }
 }
 
 async fn invalid_keys_are_refused(kind: Kind) {
@@ -543,7 +561,7 @@ macro_rules! stores {
             scenario!(permanent_failure_is_recorded_and_replayed);
             scenario!(ttl_expiry_runs_again);
             scenario!(namespaces_are_isolated);
-            scenario!(a_panic_releases_the_key);
+            scenario!(a_panic_keeps_the_key_locked_until_the_lock_timeout);
             scenario!(invalid_keys_are_refused);
             scenario!(lost_lease_is_fenced);
             scenario!(waiter_runs_the_job_when_the_owner_releases);

@@ -472,6 +472,10 @@ fn map_pg(e: &tokio_postgres::Error) -> StoreError {
         if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
             return StoreError::Unavailable(format!("PostgreSQL: {db}"));
         }
+        // 53100 disk full, 53200 out of memory: full, not down (nothing may run unprotected).
+        if code == "53100" || code == "53200" {
+            return StoreError::OutOfSpace(format!("PostgreSQL: {db}"));
+        }
         return StoreError::Backend(Box::new(db.clone()));
     }
     StoreError::Unavailable(format!("PostgreSQL: {e}"))
@@ -512,6 +516,7 @@ fn copy_error(e: &StoreError) -> StoreError {
         StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
         StoreError::Timeout(d) => StoreError::Timeout(*d),
         StoreError::Corrupt(c) => StoreError::Corrupt(c.clone()),
+        StoreError::OutOfSpace(s) => StoreError::OutOfSpace(s.clone()),
         other => StoreError::Backend(other.to_string().into()),
     }
 }

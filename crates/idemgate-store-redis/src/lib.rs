@@ -571,6 +571,12 @@ fn map_err(e: RedisError, timeout: Duration) -> StoreError {
     if e.is_timeout() {
         return StoreError::Timeout(timeout);
     }
+    // `maxmemory` reached under `noeviction` (what `connect` asks for): every write is refused,
+    // replays' `SET … NX GET` included, until memory is freed. Full, not down: nothing may run
+    // unprotected.
+    if e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed") {
+        return StoreError::OutOfSpace(e.to_string());
+    }
     let unavailable = e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()

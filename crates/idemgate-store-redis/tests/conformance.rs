@@ -383,6 +383,36 @@ async fn an_evicting_redis_is_warned_about_not_refused() {
     s.ping().await.unwrap();
 }
 
+/// A Redis at `maxmemory` under `noeviction` refuses every write: the store says "out of space"
+/// (the layer's 503 `store-full`, never forwarded unprotected), not "unavailable", and works
+/// again once memory is freed.
+#[tokio::test]
+async fn a_full_redis_is_out_of_space_not_down() {
+    let server = RedisServer::start();
+    let s = RedisStore::connect(&server.url()).await.unwrap();
+    let (done, now) = (RecordId([1; 32]), time::now_ms());
+    let Ok(Claim::Acquired { token, .. }) = s.claim(req(done, now, 60_000)).await else {
+        panic!("first claim");
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let set = |limit: &'static str| redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(limit).clone();
+    let _: () = set("1").query_async(&mut con).await.unwrap();
+    let r = s.claim(req(RecordId([2; 32]), now, 60_000)).await;
+    assert!(matches!(r, Err(StoreError::OutOfSpace(_))), "{r:?}");
+    let r = s.complete(done, token, resp(b"paid"), now + 86_400_000).await;
+    assert!(
+        matches!(r, Err(CompleteError::Store(StoreError::OutOfSpace(_)))),
+        "{r:?}"
+    );
+    let _: () = set("0").query_async(&mut con).await.unwrap();
+    s.complete(done, token, resp(b"paid"), now + 86_400_000).await.unwrap();
+    assert!(matches!(
+        s.claim(req(done, now, 60_000)).await,
+        Ok(Claim::Completed { .. })
+    ));
+}
+
 /// Connections to Redis the server counts (`CLIENT LIST`), minus the asking one.
 async fn clients(url: &str) -> usize {
     let client = redis::Client::open(url).unwrap();

@@ -295,7 +295,9 @@ impl<S> Protected<S> {
                         (Some(_), None) => {}
                     }
                 }
-                Err(StoreError::Full { .. }) => return Ok(problem(Problem::StoreFull, Outcome::StoreError)),
+                Err(StoreError::Full { .. } | StoreError::OutOfSpace(_)) => {
+                    return Ok(problem(Problem::StoreFull, Outcome::StoreError));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, store = self.shared.store.kind(), "store claim failed");
                     if cfg.on_store_error == OnStoreError::Closed {
