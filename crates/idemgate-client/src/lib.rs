@@ -5,11 +5,12 @@
 //! server behind idemgate (the gateway or the `idemgate-tower` layer) executes the operation once
 //! and replays its recorded answer to every retry:
 //!
-//! - **retried**: transport errors (connection refused or reset, a connection closed before the
-//!   response head), timeouts, and the statuses 409 (`request-in-progress`), 429, 502, 503 and
-//!   504. A response whose head arrived is handed to the caller as it streams: if its body is then
-//!   cut off, reading it fails in the caller, and [`idempotency_key`] on the response gives the
-//!   key to send the request again with (the server replays its record);
+//! - **retried**: transport errors (connection refused or reset, a response cut off), timeouts,
+//!   and the statuses 409 (`request-in-progress`), 429, 502, 503 and 504. To see a cut-off body,
+//!   the middleware reads a retryable request's response whole before returning it when its
+//!   `Content-Length` is within [`buffer_limit`](IdempotencyMiddleware::buffer_limit) (1 MiB by
+//!   default); a larger or unsized response streams to the caller, and if its body is cut off
+//!   there, [`idempotency_key`] on the response gives the key to send the request again with;
 //! - **never retried**: any other status (400, 422 `key-reused`, 500, …), errors from other
 //!   middleware, and requests the middleware cannot safely repeat (see below);
 //! - **backoff**: exponential with full jitter: before retry `n` (from 0) it sleeps a random
@@ -81,6 +82,9 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// The default key header, `Idempotency-Key`.
 pub const DEFAULT_KEY_HEADER: &str = "idempotency-key";
+
+/// [`IdempotencyMiddleware::buffer_limit`]'s default.
+const DEFAULT_BUFFER_LIMIT: u64 = 1 << 20;
 
 /// What the middleware attaches to the final response's extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +186,7 @@ pub struct IdempotencyMiddleware {
     key_header: HeaderName,
     methods: Vec<Method>,
     retry_statuses: Vec<StatusCode>,
+    buffer_limit: u64,
 }
 
 impl fmt::Debug for IdempotencyMiddleware {
@@ -195,6 +200,7 @@ impl fmt::Debug for IdempotencyMiddleware {
             .field("key_header", &self.key_header)
             .field("methods", &self.methods)
             .field("retry_statuses", &self.retry_statuses)
+            .field("buffer_limit", &self.buffer_limit)
             .finish()
     }
 }
@@ -225,6 +231,7 @@ impl IdempotencyMiddleware {
                 StatusCode::SERVICE_UNAVAILABLE,
                 StatusCode::GATEWAY_TIMEOUT,
             ],
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
         }
     }
 
@@ -278,6 +285,16 @@ impl IdempotencyMiddleware {
         self
     }
 
+    /// Responses to retryable requests whose `Content-Length` is at most `bytes` (default
+    /// 1 MiB) are read whole before they are returned, so that a body cut off on the way is
+    /// retried with the same key like any transport error. Larger responses, and those without
+    /// a length, stream to the caller as they come (a cut is then the caller's to retry, with
+    /// [`idempotency_key`]). `0` turns buffering off.
+    pub fn buffer_limit(mut self, bytes: u64) -> Self {
+        self.buffer_limit = bytes;
+        self
+    }
+
     /// The wait before retry number `retry` (from 0), without `Retry-After`: full jitter.
     fn backoff(&self, retry: u32) -> Duration {
         let factor = 2u32.saturating_pow(retry.min(31));
@@ -304,10 +321,37 @@ fn tag(mut resp: Response, key: &Option<String>, attempts: u32) -> Response {
     resp
 }
 
-/// Whether a reqwest error is a transport failure or a timeout (worth a retry).
+/// `resp` with its body read whole: the same status, version, headers, URL and extensions, or
+/// the error that cut the body off.
+async fn buffered(mut resp: Response) -> Result<Response, reqwest::Error> {
+    use reqwest::ResponseBuilderExt as _;
+    let (status, version, url) = (resp.status(), resp.version(), resp.url().clone());
+    let headers = std::mem::take(resp.headers_mut());
+    let extensions = std::mem::take(resp.extensions_mut());
+    let body = resp.bytes().await?;
+    let mut rebuilt = http::Response::new(body);
+    *rebuilt.status_mut() = status;
+    *rebuilt.version_mut() = version;
+    *rebuilt.headers_mut() = headers;
+    *rebuilt.extensions_mut() = extensions;
+    // The URL travels as an extension that only reqwest's builder can set.
+    let with_url = http::Response::builder()
+        .url(url)
+        .body(())
+        .map(|r| r.into_parts().0.extensions);
+    if let Ok(ext) = with_url {
+        rebuilt.extensions_mut().extend(ext);
+    }
+    Ok(Response::from(rebuilt))
+}
+
+/// Whether a reqwest error is a transport failure or a timeout (worth a retry): a body cut off
+/// (a decode error of a buffered body) included.
 fn transient(e: &reqwest_middleware::Error) -> bool {
     match e {
-        reqwest_middleware::Error::Reqwest(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+        reqwest_middleware::Error::Reqwest(e) => {
+            e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
+        }
         reqwest_middleware::Error::Middleware(_) => false,
     }
 }
@@ -390,6 +434,29 @@ impl Middleware for IdempotencyMiddleware {
                 }
             };
 
+            // A final answer that can still be retried is read whole first (`buffer_limit`), so
+            // that a body cut off on the way is retried like any transport error.
+            let result = match result {
+                Ok(resp)
+                    if spare_next.is_some()
+                        && !self.retry_statuses.contains(&resp.status())
+                        && resp.content_length().is_some_and(|n| n <= self.buffer_limit) =>
+                {
+                    let remaining = deadline_at.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(remaining, buffered(resp)).await {
+                        Ok(Ok(resp)) => return Ok(tag(resp, &key, attempt)),
+                        Ok(Err(e)) => Err(reqwest_middleware::Error::Reqwest(e)),
+                        Err(_) => {
+                            return Err(reqwest_middleware::Error::middleware(RetryError::DeadlineExceeded {
+                                key,
+                                attempts: attempt,
+                                deadline: self.deadline,
+                            }))
+                        }
+                    }
+                }
+                other => other,
+            };
             let wait = match &result {
                 Ok(resp) if self.retry_statuses.contains(&resp.status()) => resp
                     .headers()

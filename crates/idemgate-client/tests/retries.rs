@@ -23,6 +23,8 @@ enum Action {
     Respond(u16, Vec<(&'static str, &'static str)>),
     /// Read the request and never answer (until the test ends).
     Hang,
+    /// Answer 201 with `content-length: 100` and close after 10 bytes of body.
+    Cut,
 }
 
 use Action::*;
@@ -125,6 +127,11 @@ async fn serve_one(
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok(())
         }
+        Cut => {
+            let resp = "HTTP/1.1 201 X\r\ncontent-length: 100\r\nconnection: close\r\n\r\n0123456789";
+            stream.write_all(resp.as_bytes()).await?;
+            stream.shutdown().await
+        }
         Respond(status, headers) => {
             let mut resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n");
             for (k, v) in headers {
@@ -226,6 +233,26 @@ async fn absurd_retry_after_values_and_deadlines_do_not_overflow() {
     let resp = c.post(server.url("/x")).body("a").send().await.unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(attempts(&resp), Some(2));
+}
+
+#[tokio::test]
+async fn a_response_cut_off_mid_body_is_retried_with_the_same_key() {
+    let server = Script::start(vec![Cut, Cut]).await;
+    let c = client(fast());
+    let resp = c.post(server.url("/charges")).body("a").send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(attempts(&resp), Some(3));
+    assert_eq!(resp.url().as_str(), server.url("/charges"));
+    let key = idempotency_key(&resp).unwrap().to_string();
+    assert_eq!(resp.bytes().await.unwrap(), "ok");
+    assert!(keys(&server.seen()).iter().all(|k| k.as_deref() == Some(key.as_str())));
+    // With buffering off the cut reaches the caller, who still has the key to retry with.
+    let server = Script::start(vec![Cut]).await;
+    let c = client(fast().buffer_limit(0));
+    let resp = c.post(server.url("/charges")).body("a").send().await.unwrap();
+    assert_eq!(attempts(&resp), Some(1));
+    assert!(idempotency_key(&resp).is_some());
+    assert!(resp.bytes().await.is_err());
 }
 
 #[tokio::test]
