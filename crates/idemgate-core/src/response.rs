@@ -138,7 +138,9 @@ impl StoredResponse {
     /// past the capacity would grow the map, reallocating it, on every replay).
     pub fn headers_with_room(&self, extra: usize) -> Result<HeaderMap, CorruptResponse> {
         let count = u16::from_le_bytes([self.data[2], self.data[3]]) as usize;
-        let mut map = HeaderMap::with_capacity(count + extra);
+        // A stored count past what a `HeaderMap` holds (~24k) is a damaged or forged record:
+        // `with_capacity` and `append` would panic on it.
+        let mut map = HeaderMap::try_with_capacity(count + extra).map_err(|_| CorruptResponse("too many headers"))?;
         let mut at = 4;
         for _ in 0..count {
             let n = u16::from_le_bytes(get2(&self.data, at)?) as usize;
@@ -148,7 +150,8 @@ impl StoredResponse {
             let value = HeaderValue::from_maybe_shared(self.data.slice(at + 4..at + 4 + v))
                 .map_err(|_| CorruptResponse("header value"))?;
             at += 4 + v;
-            map.append(name, value);
+            map.try_append(name, value)
+                .map_err(|_| CorruptResponse("too many headers"))?;
         }
         Ok(map)
     }
@@ -190,6 +193,23 @@ fn get4(d: &[u8], at: usize) -> Result<[u8; 4], CorruptResponse> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_forged_header_count_is_corrupt_not_a_panic() {
+        let count: u16 = 25_000;
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&200u16.to_le_bytes());
+        buf.extend_from_slice(&count.to_le_bytes());
+        for _ in 0..count {
+            buf.extend_from_slice(&1u16.to_le_bytes());
+            buf.push(b'x');
+            buf.extend_from_slice(&1u32.to_le_bytes());
+            buf.push(b'y');
+        }
+        let r = StoredResponse::from_bytes(Bytes::from(buf)).unwrap();
+        assert!(r.headers().is_err());
+        assert!(r.headers_with_room(1).is_err());
+    }
 
     #[test]
     fn common_names_decode_as_from_bytes_does() {

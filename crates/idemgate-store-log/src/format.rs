@@ -33,9 +33,12 @@
 //! - fewer than 8 bytes left: the end of the log (a torn write if any of them is not zero);
 //! - a header of zeros: the clean end of the log (a torn write if any later byte is not zero);
 //! - a body that runs past the end of the file: a torn write;
-//! - a batch checksum mismatch: a torn write, *unless* a complete batch with a valid checksum and
-//!   a non-zero length starts right after this one: that batch was written after this one was
-//!   synced, so the damage is to acknowledged data and the scan reports corruption;
+//! - a batch checksum mismatch: a torn write, *unless* a complete batch with a valid checksum, a
+//!   non-zero length and a body of valid entries starts right after this one: that batch was
+//!   written after this one was synced, so the damage is to acknowledged data and the scan reports
+//!   corruption. (A header across a page boundary can lose only its length: the "next batch" is
+//!   then this batch's own first entry, framed like a batch; its payload is not entries, so the
+//!   batch reads as torn);
 //! - a valid batch checksum: every entry in the body must verify and the entries must fill the
 //!   body exactly, else the scan reports corruption (a checksummed batch cannot be torn).
 //!
@@ -252,7 +255,11 @@ fn all_zero<R: Read>(r: &mut R, mut n: u64) -> io::Result<bool> {
 }
 
 /// Whether the next `remaining` bytes of `r` start with a complete batch of non-zero length whose
-/// checksum holds.
+/// checksum holds and whose body is whole entries, each with a valid checksum. The entries
+/// matter: an entry is framed like a batch (`[len][crc][payload]`), so when a torn batch's header
+/// lost its length (a header across a page boundary whose first page never reached the disk),
+/// the scan looks for the next batch at the torn batch's own first entry, whose frame holds; its
+/// payload (`[op][record id]…`) does not parse as entries.
 fn valid_batch_follows<R: Read>(r: &mut R, remaining: u64) -> io::Result<bool> {
     if remaining < BATCH_HEAD as u64 {
         return Ok(false);
@@ -260,19 +267,31 @@ fn valid_batch_follows<R: Read>(r: &mut R, remaining: u64) -> io::Result<bool> {
     let mut head = [0u8; BATCH_HEAD];
     r.read_exact(&mut head)?;
     let (len, crc) = read_u32s(&head);
-    let mut left = u64::from(len);
-    if left == 0 || left > remaining - BATCH_HEAD as u64 {
+    let len = u64::from(len);
+    if len == 0 || len > remaining - BATCH_HEAD as u64 {
         return Ok(false);
     }
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; CHUNK.min(left as usize)];
-    while left > 0 {
-        let take = CHUNK.min(left as usize);
-        r.read_exact(&mut buf[..take])?;
-        hasher.update(&buf[..take]);
-        left -= take as u64;
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    if crc32fast::hash(&body) != crc {
+        return Ok(false);
     }
-    Ok(hasher.finalize() == crc)
+    let mut at = 0usize;
+    while at < body.len() {
+        let Some(head) = body.get(at..at + ENTRY_HEAD) else {
+            return Ok(false);
+        };
+        let entry_len = ENTRY_HEAD as u64 + u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        if entry_len > (body.len() - at) as u64 {
+            return Ok(false);
+        }
+        let entry_len = entry_len as usize;
+        if check(&body[at..at + entry_len]).is_err() {
+            return Ok(false);
+        }
+        at += entry_len;
+    }
+    Ok(true)
 }
 
 /// Reads a log of `file_len` bytes from `r` (positioned at its start) and calls `each` for every
@@ -472,6 +491,11 @@ mod tests {
             (second + 10, second + 500, 0xa5),
             // The batch's first page lost: its header reads as zeros, later entries are there.
             (last, last + 4096, 0),
+            // A header across a page boundary whose first page was lost: the length (or part
+            // of it) reads as zeros, the checksum and the body are there.
+            (last, last + 4, 0),
+            (last, last + 2, 0),
+            (last, last + 6, 0),
         ] {
             let mut holed = good.clone();
             holed[from..to].fill(byte);
