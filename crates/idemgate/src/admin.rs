@@ -114,7 +114,11 @@ impl Admin {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+            .and_then(|v| {
+                let v = v.as_bytes();
+                (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+            })
             .unwrap_or_default();
         if !bool::from(given.ct_eq(token.as_bytes())) {
             let mut r = problem(

@@ -147,6 +147,12 @@ async fn admin_health_readiness_metrics_and_key_api() {
     assert_eq!(got.status, 200, "{:?}", got.body);
     assert_eq!(got.json()["state"], "completed");
     assert_eq!(got.json()["status"], 201);
+    // The scheme is case-insensitive.
+    let lower = [
+        ("authorization", "bearer s3cret-admin-token-0123"),
+        ("idemgate-scope", "Bearer dave"),
+    ];
+    assert_eq!(http.send("GET", &gw.admin_url(path), &lower, "").await.status, 200);
     // Under another scope the key does not exist.
     let other = [
         ("authorization", "Bearer s3cret-admin-token-0123"),
