@@ -116,6 +116,12 @@ pub struct IdempotencyConfig {
     pub routes: Vec<RoutePolicy>,
     /// The wall clock in Unix ms (tests move it).
     pub clock: Clock,
+    /// How often the layer deletes expired records (default 30 s), in a task it spawns on the
+    /// tokio runtime of its first protected request and that ends when the layer and all its
+    /// services are dropped. `None`: the application purges itself, with [`crate::purge_expired`]
+    /// (the gateway does, in its housekeeping). Expired records are never replayed either way;
+    /// purging frees their space.
+    pub purge_interval: Option<Duration>,
 }
 
 /// A wall clock in Unix milliseconds.
@@ -153,6 +159,7 @@ impl Default for IdempotencyConfig {
             stream_content_types: vec!["text/event-stream".to_owned()],
             routes: Vec::new(),
             clock: Clock::default(),
+            purge_interval: Some(Duration::from_secs(30)),
         }
     }
 }

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use idemgate_core::{IdempotencyKey, RecordId, ScopeHasher, Store};
+use idemgate_core::{IdempotencyKey, RecordId, ScopeHasher, Store, StoreError};
 use tower_layer::Layer;
 
 use crate::config::{IdempotencyConfig, Policies};
 use crate::future::DetachedTasks;
 use crate::metrics::Metrics;
+use crate::purge::Purger;
 use crate::service::Idempotency;
 use crate::waiters::Waiters;
 
@@ -25,6 +26,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) waiters: Arc<Waiters>,
     pub(crate) detached: DetachedTasks,
+    /// Common to every service of the layer: its purge task, started by the first protected
+    /// request, ends once they are all dropped.
+    pub(crate) purger: Arc<Purger>,
 }
 
 /// Wraps a service so that keyed requests execute once and repeats are replayed.
@@ -47,6 +51,7 @@ impl IdempotencyLayer {
                 metrics: Metrics::new(),
                 waiters,
                 detached: DetachedTasks::default(),
+                purger: Arc::default(),
             }),
         }
     }
@@ -59,6 +64,28 @@ impl IdempotencyLayer {
     /// The record id of `key` for the caller whose scope value is `scope` (admin look-ups).
     pub fn record_id(&self, scope: &[u8], key: &IdempotencyKey) -> RecordId {
         self.shared.hasher.record_id(scope, key)
+    }
+
+    /// Checks that the store was set up with this layer's scope secret (and records it in a new
+    /// store), as the gateway does at start: replicas with different secrets derive different
+    /// record ids, so none would ever replay another's keys. Call it once at start-up;
+    /// `Err(StoreError::SecretMismatch)` means this replica's secret is not the fleet's.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use idemgate_core::{MemoryStore, ScopeHasher};
+    /// # use idemgate_tower::{IdempotencyConfig, IdempotencyLayer};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let layer = IdempotencyLayer::new(
+    ///     Arc::new(MemoryStore::default()),
+    ///     ScopeHasher::new(b"the fleet's secret, 16+ bytes"),
+    ///     IdempotencyConfig::default(),
+    /// );
+    /// layer.check_secret().await.expect("this replica's secret is the store's");
+    /// # });
+    /// ```
+    pub async fn check_secret(&self) -> Result<(), StoreError> {
+        self.shared.store.check_secret(self.shared.hasher.check_value()).await
     }
 
     /// The configuration.
@@ -87,6 +114,7 @@ impl<S> Layer<S> for IdempotencyLayer {
                 metrics: s.metrics.clone(),
                 waiters: s.waiters.clone(),
                 detached: s.detached.clone(),
+                purger: s.purger.clone(),
             }),
         }
     }

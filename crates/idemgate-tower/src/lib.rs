@@ -61,6 +61,7 @@ mod http_util;
 mod layer;
 mod metrics;
 mod problem;
+mod purge;
 mod service;
 mod waiters;
 
@@ -71,6 +72,7 @@ pub use http_util::{is_hop_by_hop, strip_hop_by_hop};
 pub use layer::IdempotencyLayer;
 pub use metrics::Outcome;
 pub use problem::{Problem, PROBLEM_BASE};
+pub use purge::purge_expired;
 pub use service::{Idempotency, UpstreamError};
 
 /// The error type bodies and services are boxed into.

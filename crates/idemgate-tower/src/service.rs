@@ -90,6 +90,7 @@ where
         if !policy.protects(req.method()) {
             return self.passthrough(req, start);
         }
+        shared.purger.start(&shared.store, &shared.config);
         let mut keys = req.headers().get_all(&shared.config.key_header).iter();
         let key = match (keys.next(), keys.next()) {
             (None, _) if policy.require_key => return self.refuse(&req, Problem::MissingKey, start),

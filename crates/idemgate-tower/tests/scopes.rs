@@ -99,3 +99,67 @@ async fn an_application_scope_never_meets_a_job_record() {
     assert!(first.headers().get("idempotent-replayed").is_none());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// The layer purges expired records by itself (`purge_interval`), on the runtime of its first
+/// protected request, and its purge task ends with the layer.
+#[tokio::test]
+async fn the_layer_purges_expired_records_by_itself() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let clock = now.clone();
+    let config = IdempotencyConfig {
+        ttl: std::time::Duration::from_secs(60),
+        purge_interval: Some(std::time::Duration::from_millis(20)),
+        clock: idemgate_tower::Clock(Arc::new(move || clock.load(Ordering::SeqCst))),
+        ..IdempotencyConfig::default()
+    };
+    let handler = tower::service_fn(|_req: Request<RequestBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let app = IdempotencyLayer::new(store.clone(), ScopeHasher::new(SECRET), config).layer(handler);
+    for key in ["a", "b", "c"] {
+        let req = Request::post("/p")
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        app.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(store.len_hint(), Some(3));
+    // Past the TTL: the records are purged within a few intervals (bounded wait).
+    now.fetch_add(61_000, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.len_hint() != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never purged: {:?}",
+            store.len_hint()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The task holds the store only while the layer lives.
+    drop(app);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the purge task outlived the layer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A replica whose secret is not the store's is told so by `check_secret`.
+#[tokio::test]
+async fn check_secret_refuses_a_replica_with_another_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(idemgate_store_redb::RedbStore::open(dir.path()).unwrap());
+    let layer =
+        |secret: &[u8]| IdempotencyLayer::new(store.clone(), ScopeHasher::new(secret), IdempotencyConfig::default());
+    layer(SECRET).check_secret().await.unwrap();
+    layer(SECRET).check_secret().await.unwrap();
+    let other = layer(b"another secret, not the fleet's").check_secret().await;
+    assert!(
+        matches!(other, Err(idemgate_core::StoreError::SecretMismatch)),
+        "{other:?}"
+    );
+}

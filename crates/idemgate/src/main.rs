@@ -215,32 +215,16 @@ fn serving_threads(configured: Option<usize>, on_threads: bool) -> usize {
     }
 }
 
-/// Purges expired records in small batches and refreshes gauges.
+/// Purges expired records (the layer's batch loop) and refreshes gauges.
 async fn housekeeping(store: Arc<dyn idemgate_core::Store>, every: Duration) {
-    const BATCH: usize = 1000;
     let records = metrics::gauge!("idemgate_records");
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     loop {
         tick.tick().await;
-        let mut purged = 0;
-        loop {
-            match store.purge_expired(idemgate_core::time::now_ms(), BATCH).await {
-                Ok(p) => {
-                    purged += p.removed;
-                    if !p.more {
-                        break;
-                    }
-                    // Let traffic through between batches.
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "purging expired records failed");
-                    break;
-                }
-            }
-        }
-        if purged > 0 {
-            tracing::debug!(purged, "expired records purged");
+        match idemgate_tower::purge_expired(&*store, idemgate_core::time::now_ms()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "expired records purged"),
+            Err(e) => tracing::warn!(error = %e, "purging expired records failed"),
         }
         if let Some(n) = store.len_hint() {
             records.set(n as f64);

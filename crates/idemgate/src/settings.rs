@@ -478,6 +478,9 @@ impl Settings {
                 None => d.stream_content_types.clone(),
             },
             routes,
+            // The gateway purges in its housekeeping task (with its gauges), every
+            // `--purge-interval`.
+            purge_interval: None,
             ..d
         };
         let upstream_timeout = args
