@@ -41,7 +41,11 @@
 #   WARMUP=1s        one unmeasured new-key wrk run per target before the first workload (0: none)
 #   RESTART=1        restart every stateful target (gateways, peers) before each of its runs so each
 #                    run starts from an empty store (redis FLUSHALL, postgres TRUNCATE); 0: keep state
-#   TIME_LIMIT=1800  seconds; no new wrk run starts after this (the report covers what ran)
+#   TIME_LIMIT=1800  seconds of measuring (counted after the builds and the servers' start); no
+#                    new wrk run starts after it. The report covers what ran and says what was
+#                    skipped; bench/results/ keeps the previous full run's summary then
+#   LATEST=auto      copy summary.md and throughput.png to bench/results/ (the committed latest):
+#                    auto = only for a complete run that is not QUICK; 1 always; 0 never
 #   BASE_PORT=19000  port base (see above)
 #   PG_OPTS=         the PostgreSQL store's URL options, e.g. "batch_size=1" (no batching) or
 #                    "batches=2&pool_size=8" (crates/idemgate-store-postgres)
@@ -385,7 +389,8 @@ print(json.dumps(d))
 PY
   log "$(tail -1 "$RUNS" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%-16s %-8s r%d %9.0f req/s p50 %.2f p99 %.2f ms non2xx %d rss %.0f MiB%s" % (d["target"], d["workload"], d["round"], d["rps"], d["p50_ms"], d["p99_ms"], d["non2xx3xx"], d["rss_kib"]/1024, " ops/req %.2f" % d["store_ops_per_req"] if "store_ops_per_req" in d else ""))')"
 }
-time_left() { (( $(date +%s) - START_TS < TIME_LIMIT )); }
+MEASURE_TS=$(date +%s)
+time_left() { (( $(date +%s) - MEASURE_TS < TIME_LIMIT )); }
 
 if [[ "$WARMUP" != 0 ]]; then
   for t in "${TLIST[@]}"; do
@@ -407,7 +412,10 @@ for w in $WORKLOADS; do
     done
   done
 done
-[[ $stopped == 1 ]] && log "TIME_LIMIT=${TIME_LIMIT}s reached: later runs were skipped"
+if [[ $stopped == 1 ]]; then
+  log "TIME_LIMIT=${TIME_LIMIT}s reached: later runs were skipped"
+  skipped="from workload $w, round $r, on: the rest of the closed-loop runs and the corrected-latency pass"
+fi
 
 # coordinated-omission-corrected pass: open loop (wrk2, else idemgate-load) at CO_PCT % of each
 # target's median req/s, or at CO_RATE req/s for every target
@@ -416,7 +424,7 @@ if [[ -n "$WRK2" && -x "$WRK2" && $stopped == 0 ]]; then
   for w in $WORKLOADS; do
     [[ " $CO_WORKLOADS " == *" $w "* ]] || continue
     for t in "${TLIST[@]}"; do
-      time_left || break 2
+      time_left || { stopped=1; skipped="part of the corrected-latency pass (from $w, $t)"; break 2; }
       rate=$(python3 -c '
 import json, statistics, sys
 rs = [d["rps"] for d in map(json.loads, open(sys.argv[1])) if d["target"] == sys.argv[2] and d["workload"] == sys.argv[3] and not d["corrected"]]
@@ -440,10 +448,22 @@ fi
   has_target express && echo "node: $(node --version); express-idempotency: $(node -p 'require(process.argv[1]).version' "$CACHE/express/node_modules/express-idempotency/package.json" 2>/dev/null)"
   echo "rustc: $(rustc --version | awk '{print $2}')"
   echo "latency: $([[ -n "$WRK2" && -x "$WRK2" ]] && echo "closed-loop wrk, plus an open-loop pass with $(basename "$WRK2") (corrected for coordinated omission) at $([[ -n "${CO_RATE:-}" ]] && echo "$CO_RATE req/s for every target" || echo "$CO_PCT % of each target's median req/s") on: $CO_WORKLOADS" || echo "closed-loop wrk, NOT corrected for coordinated omission (no open-loop tool)")"
+  if [[ $stopped == 1 ]]; then
+    echo "INCOMPLETE: TIME_LIMIT=${TIME_LIMIT}s of measuring reached; skipped $skipped"
+  fi
 } > "$OUT/machine.txt"
 cat > "$OUT/command.txt" <<EOF
 QUICK=$QUICK DURATION=$DURATION ROUNDS=$ROUNDS THREADS=$THREADS CONNS=$CONNS TIMEOUT=$TIMEOUT WARMUP=$WARMUP RESTART=$RESTART \\
   WORKLOADS="$WORKLOADS" TARGETS="$(echo $TARGETS)" bench/run.sh
 EOF
-python3 "$HERE/report.py" "$OUT" --cache "$CACHE" --latest "$HERE/results"
-log "done in $(( $(date +%s) - START_TS ))s: $OUT/summary.md, $OUT/throughput.png (copied to bench/results/)"
+LATEST="${LATEST:-auto}"
+if [[ "$LATEST" == auto ]]; then
+  LATEST=$([[ "$QUICK" != 1 && $stopped == 0 ]] && echo 1 || echo 0)
+fi
+if [[ "$LATEST" == 1 ]]; then
+  python3 "$HERE/report.py" "$OUT" --cache "$CACHE" --latest "$HERE/results"
+  log "done in $(( $(date +%s) - START_TS ))s: $OUT/summary.md, $OUT/throughput.png (copied to bench/results/)"
+else
+  python3 "$HERE/report.py" "$OUT" --cache "$CACHE"
+  log "done in $(( $(date +%s) - START_TS ))s: $OUT/summary.md, $OUT/throughput.png (bench/results/ left as it was: LATEST=0, QUICK=1 or an incomplete run)"
+fi
