@@ -8,12 +8,14 @@
 //! Groups: `key` (parse a bare UUID and a quoted one), `fingerprint` (100 B, 4 KiB and 256 KiB
 //! bodies; canonical JSON of a 1 KiB body), `response` (build and decode a stored response with a
 //! 1 KiB body and 8 headers), `record` (encode/decode a completed record), `store` (claim +
-//! complete of a new key on the memory store, and on the embedded stores (the record log, and
-//! redb for directories of earlier versions) in temporary directories with 1 and 32 concurrent
-//! callers sharing their group commit).
+//! complete of a new key on the memory store; on the embedded stores (the record log, and redb
+//! for directories of earlier versions) in temporary directories; and on Redis and PostgreSQL,
+//! private servers started here as their tests start them (skipped with a note when not
+//! installed); each durable one with 1 and 32 concurrent callers sharing group commit, pipeline
+//! or pool).
 //!
 //! Sample counts are modest so the whole run stays short on a 2-core machine; `cargo test
-//! --all-targets` only compiles this file (criterion benches are not run by `cargo test`).
+//! --all-targets` runs each benchmark once (criterion's test mode).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,7 +31,11 @@ use idemgate_core::{
     StoredResponse,
 };
 use idemgate_store_log::LogStore;
+use idemgate_store_postgres::PostgresStore;
 use idemgate_store_redb::RedbStore;
+use idemgate_store_redis::RedisStore;
+use idemgate_testkit::postgres::Postgres;
+use idemgate_testkit::redis::RedisServer;
 
 const TTL_MS: u64 = 24 * 3600 * 1000;
 const LEASE_MS: u64 = 60_000;
@@ -218,7 +224,20 @@ fn store(c: &mut Criterion) {
             .expect("open log store"),
     );
     let redb = Arc::new(rt.block_on(async { RedbStore::open(dir.path()) }).expect("open redb"));
-    let durable: [(&str, Arc<dyn Store>); 2] = [("log", log.clone()), ("redb", redb.clone())];
+    let mut durable: Vec<(&str, Arc<dyn Store>)> = vec![("log", log.clone()), ("redb", redb.clone())];
+    // The shared stores, on private servers (idemgate-testkit, as their tests run them): the
+    // server's own binaries must be installed (scripts/test.sh installs them); skipped otherwise.
+    let servers = shared_servers();
+    if let Some((redis, postgres)) = &servers {
+        let redis_store = rt
+            .block_on(RedisStore::connect(&redis.url()))
+            .expect("connect to redis");
+        let pg_store = rt
+            .block_on(PostgresStore::connect(&postgres.url()))
+            .expect("connect to postgres");
+        durable.push(("redis", Arc::new(redis_store)));
+        durable.push(("postgres", Arc::new(pg_store)));
+    }
     for (name, store) in durable {
         for callers in [1usize, 32] {
             g.throughput(Throughput::Elements(1));
@@ -253,6 +272,25 @@ fn store(c: &mut Criterion) {
     log.close();
     redb.close();
     g.finish();
+}
+
+/// A private `redis-server` and PostgreSQL, or `None` (with a note) when either is not installed.
+fn shared_servers() -> Option<(RedisServer, Postgres)> {
+    let redis_installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !redis_installed {
+        eprintln!("store/redis_* and store/postgres_* skipped: redis-server is not installed");
+        return None;
+    }
+    match std::panic::catch_unwind(Postgres::start) {
+        Ok(pg) => Some((RedisServer::start(), pg)),
+        Err(_) => {
+            eprintln!("store/redis_* and store/postgres_* skipped: PostgreSQL could not be started");
+            None
+        }
+    }
 }
 
 fn fastrand_salt() -> u64 {
