@@ -361,6 +361,18 @@ impl std::fmt::Debug for LogStore {
 
 impl LogStore {
     /// Opens (or creates) the store in `dir` with default options.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use idemgate_core::Store;
+    /// use idemgate_store_log::LogStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store: Arc<dyn Store> = Arc::new(LogStore::open(dir.path())?);
+    /// // For `IdempotencyLayer::new(store, hasher, config)` or `RunOnce::builder(store, secret)`.
+    /// assert_eq!(store.kind(), "embedded");
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
         Self::open_with(dir, LogOptions::default())
     }

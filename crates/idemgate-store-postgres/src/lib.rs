@@ -588,6 +588,17 @@ fn get_col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, idx: usize) 
 impl PostgresStore {
     /// Connects to `url` (`postgres://` or `postgresql://`, see the crate docs), creates or checks
     /// the schema, and returns the store.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use idemgate_core::Store;
+    /// use idemgate_store_postgres::PostgresStore;
+    ///
+    /// let url = "postgres://idemgate:secret@127.0.0.1:5432/idemgate?pool_size=16";
+    /// let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(url).await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
         let (url, opts) = parse_url(url)?;
         Self::connect_with(&url, opts).await

@@ -706,6 +706,17 @@ async fn open_step<T>(url: &str, timeout: Duration, f: impl Future<Output = Redi
 impl RedisStore {
     /// Connects to the Redis (or Redis Cluster) `url` names (see the module docs for the URL
     /// forms) with [`RedisOptions::default`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use idemgate_core::Store;
+    /// use idemgate_store_redis::RedisStore;
+    ///
+    /// let store: Arc<dyn Store> = Arc::new(RedisStore::connect("redis://127.0.0.1:6379/0").await?);
+    /// // A cluster: RedisStore::connect("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").await?
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
         Self::connect_with(url, RedisOptions::default()).await
     }

@@ -23,6 +23,27 @@ pub enum ScopeSource {
     Header(HeaderName),
     /// A function of the request, e.g. an authenticated user id from request extensions.
     /// `None` is the anonymous scope.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use idemgate_tower::{IdempotencyConfig, ScopeSource};
+    ///
+    /// /// What an authentication middleware put in the request's extensions.
+    /// #[derive(Clone)]
+    /// struct UserId(String);
+    ///
+    /// let config = IdempotencyConfig {
+    ///     scope: ScopeSource::Custom(Arc::new(|parts| {
+    ///         parts.extensions.get::<UserId>().map(|u| u.0.clone().into_bytes())
+    ///     })),
+    ///     ..IdempotencyConfig::default()
+    /// };
+    /// # let ScopeSource::Custom(f) = &config.scope else { unreachable!() };
+    /// # let (mut parts, ()) = http::Request::new(()).into_parts();
+    /// # assert_eq!(f(&parts), None);
+    /// # parts.extensions.insert(UserId("alice".into()));
+    /// # assert_eq!(f(&parts), Some(b"alice".to_vec()));
+    /// ```
     Custom(ScopeFn),
     /// Every caller shares one scope (only for single-tenant services).
     Global,
