@@ -148,6 +148,9 @@ impl tower::Service<Request<RequestBody<Incoming>>> for Proxy {
                 Err(_) => Err(UpstreamError::Timeout(timeout)),
                 Ok(Ok(mut resp)) => {
                     strip_hop_by_hop(resp.headers_mut());
+                    // The stored response keeps no reason phrase, so its replays get the
+                    // standard one: so does the first answer (RFC 9112 §4: clients ignore it).
+                    resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
                     Ok(resp)
                 }
                 Ok(Err(e)) => Err(e),

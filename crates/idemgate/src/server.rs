@@ -140,6 +140,12 @@ impl Future for ConnFuture {
                 .into_response()
             }
         };
+        let mut resp = resp;
+        if resp.status().canonical_reason().is_none() {
+            // hyper writes `<none>` for a status it has no phrase for (599): an empty reason
+            // phrase is the valid way to say nothing (RFC 9112 §4).
+            resp.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(b""));
+        }
         let busy = std::mem::replace(this.busy, Busy::ended());
         Poll::Ready(Ok(resp.map(|body| Guarded::new(body, busy))))
     }

@@ -508,3 +508,54 @@ async fn header_timeout_closes_slow_and_idle_connections_but_not_slow_requests()
     );
     assert_eq!(up.executions(), 2);
 }
+
+/// The status line of the answer to one raw request on a fresh connection.
+async fn status_line(gw: std::net::SocketAddr, path: &str, key: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nidempotency-key: {key}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split("\r\n").next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn rule2_the_first_answer_and_its_replays_have_one_status_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream with reason phrases of its own, one request per connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = if String::from_utf8_lossy(&head).contains("/weird") {
+                    "599 Weird"
+                } else {
+                    "200 Okay"
+                };
+                let resp = format!("HTTP/1.1 {line}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let gw = Gateway::start(&["--upstream", &format!("http://{up}"), "--store", "memory"]);
+    for (path, want) in [("/okay", "HTTP/1.1 200 OK"), ("/weird", "HTTP/1.1 599 ")] {
+        assert_eq!(status_line(gw.addr, path, path).await, want, "first answer to {path}");
+        assert_eq!(status_line(gw.addr, path, path).await, want, "replay of {path}");
+    }
+}
