@@ -7,8 +7,9 @@
 //! `fdatasync` where the kernel lacks the flag), and only then publishes the overlay to the index
 //! and answers the callers. If a plain write fails the batch fails and the file is truncated back;
 //! if the sync, a synced write (either half may have failed) or that truncation fails the store
-//! stops, since the page cache may no longer match the disk. (A batch whose entries pass [`BATCH_SPLIT_BYTES`] is committed in several frames, each
-//! synced before the next is written, so a frame's body always fits its `u32` length.)
+//! stops, since the page cache may no longer match the disk. (A batch whose entries pass
+//! [`BATCH_SPLIT_BYTES`] is committed in several frames, each synced before the next is written,
+//! so a frame's body always fits its `u32` length.)
 //!
 //! **Preallocation.** Appending to a growing file makes every `fdatasync` journal the size change;
 //! overwriting space that was already written with zeros and synced does not, and costs about
@@ -52,9 +53,12 @@ const PURGE_SCAN: usize = 4096;
 /// before the next one is decided (the rest of the batch goes into a new frame).
 const BATCH_SPLIT_BYTES: usize = 64 << 20;
 
-/// `EOPNOTSUPP` and `ENOSYS`: `pwritev2` or its `RWF_DSYNC` flag unknown to the kernel.
-const NOT_SUPPORTED: i32 = rustix::io::Errno::OPNOTSUPP.raw_os_error();
-const NO_SYSCALL: i32 = rustix::io::Errno::NOSYS.raw_os_error();
+/// `EOPNOTSUPP` or `ENOSYS`: `pwritev2` or its `RWF_DSYNC` flag unknown to the kernel (nothing
+/// was written).
+fn dsync_unsupported(e: &std::io::Error) -> bool {
+    let unsupported = [rustix::io::Errno::OPNOTSUPP, rustix::io::Errno::NOSYS];
+    unsupported.iter().any(|u| e.raw_os_error() == Some(u.raw_os_error()))
+}
 
 /// Writes all of `buf` at `at` with `RWF_DSYNC`: each call returns once its bytes are durable,
 /// as if followed by `fdatasync`.
@@ -425,7 +429,7 @@ impl Writer {
                     self.set_file_len(end);
                     return Ok(());
                 }
-                Err(e) if e.raw_os_error() == Some(NOT_SUPPORTED) || e.raw_os_error() == Some(NO_SYSCALL) => {
+                Err(e) if dsync_unsupported(&e) => {
                     // Nothing was written: use a plain write and `fdatasync` from now on.
                     tracing::debug!("pwritev2(RWF_DSYNC) is not supported here; using write + fdatasync");
                     self.dsync_writes = false;
@@ -659,7 +663,7 @@ mod tests {
         match write_all_dsync(&file, b"batch", 16) {
             Ok(()) => {}
             // A kernel without the flag: the writer falls back to pwrite + fdatasync.
-            Err(e) if matches!(e.raw_os_error(), Some(NOT_SUPPORTED | NO_SYSCALL)) => return,
+            Err(e) if dsync_unsupported(&e) => return,
             Err(e) => panic!("{e}"),
         }
         let mut back = Vec::new();

@@ -574,7 +574,7 @@ fn map_err(e: RedisError, timeout: Duration) -> StoreError {
     // `maxmemory` reached under `noeviction` (what `connect` asks for): every write is refused,
     // replays' `SET … NX GET` included, until memory is freed. Full, not down: nothing may run
     // unprotected.
-    if e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed") {
+    if e.code() == Some("OOM") {
         return StoreError::OutOfSpace(e.to_string());
     }
     let unavailable = e.is_io_error()

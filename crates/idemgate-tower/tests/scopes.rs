@@ -101,8 +101,9 @@ async fn an_application_scope_never_meets_a_job_record() {
 }
 
 /// The layer purges expired records by itself (`purge_interval`), on the runtime of its first
-/// protected request, and its purge task ends with the layer.
-#[tokio::test]
+/// protected request, and its purge task ends with the layer. Tokio's clock is paused: each wait
+/// below only lets the purge task's next tick come, in virtual time.
+#[tokio::test(start_paused = true)]
 async fn the_layer_purges_expired_records_by_itself() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     let now = Arc::new(AtomicU64::new(1_000_000));

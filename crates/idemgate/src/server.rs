@@ -128,7 +128,7 @@ impl Future for ConnFuture {
             ConnKindProj::Direct { fut } => std::task::ready!(fut.poll(cx)),
             ConnKindProj::Waiting { fut } => std::task::ready!(fut.as_mut().poll(cx)),
         };
-        let resp = match result {
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(error = %e, "upstream error on an unprotected request");
@@ -140,7 +140,6 @@ impl Future for ConnFuture {
                 .into_response()
             }
         };
-        let mut resp = resp;
         if resp.status().canonical_reason().is_none() {
             // hyper writes `<none>` for a status it has no phrase for (599): an empty reason
             // phrase is the valid way to say nothing (RFC 9112 §4).

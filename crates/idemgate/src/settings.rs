@@ -280,13 +280,9 @@ fn dur(name: &'static str, v: Option<String>) -> Result<Option<Duration>, Settin
 }
 
 fn methods(name: &'static str, v: Option<Vec<String>>) -> Result<Option<Vec<Method>>, SettingsError> {
-    v.map(|ms| {
-        ms.iter()
-            .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|e| e.to_string()))
-            .collect()
-    })
-    .transpose()
-    .map_err(invalid(name))
+    v.map(|ms| ms.iter().map(|m| parse_method(m)).collect())
+        .transpose()
+        .map_err(invalid(name))
 }
 
 fn statuses(name: &'static str, v: Option<Vec<u16>>) -> Result<Option<Vec<StatusCode>>, SettingsError> {
